@@ -1,0 +1,5 @@
+import sys
+
+from dsqlkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,309 @@
+"""SigV4 query presigning and verification of Aurora DSQL auth tokens. Pure functions, no I/O.
+
+A DSQL auth token is a presigned URL without its scheme::
+
+    <host>/?Action=DbConnect&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=...
+      &X-Amz-Date=...&X-Amz-Expires=900&X-Amz-SignedHeaders=host[&X-Amz-Security-Token=...]
+      &X-Amz-Signature=<hex>
+
+:func:`presign_token` produces exactly the bytes botocore's
+``generate_db_connect_auth_token`` / ``generate_db_connect_admin_auth_token`` produce for the
+same inputs (proven by a differential test). :func:`verify_token` is what the local endpoint
+runs on every password it receives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from urllib.parse import quote, unquote
+
+from dsqlkit.errors import TokenRejected
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+SERVICE = "dsql"
+ADMIN_ACTION = "DbConnectAdmin"
+CONNECT_ACTION = "DbConnect"
+ACTIONS = (CONNECT_ACTION, ADMIN_ACTION)
+# DSQL refuses tokens that live longer than one week.
+MAX_EXPIRES_IN = 604_800
+DEFAULT_EXPIRES_IN = 900
+# Longest token the verifier looks at. A token with a long STS session token is ~2 KiB.
+MAX_TOKEN_LENGTH = 16_384
+# How far in the future an X-Amz-Date may lie (AWS tolerates 15 minutes of clock skew).
+MAX_CLOCK_SKEW = timedelta(minutes=15)
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_SAFE = "-_.~"
+_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
+_DATE_RE = re.compile(r"\d{8}T\d{6}Z")
+_PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_REQUIRED = (
+    "Action",
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """AWS credentials. ``repr`` never shows the secret or the session token."""
+
+    access_key: str
+    secret_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+
+def action_for_user(user: str) -> str:
+    """DSQL maps the built-in ``admin`` role to DbConnectAdmin and every other role to DbConnect."""
+    return ADMIN_ACTION if user == "admin" else CONNECT_ACTION
+
+
+def _quote(value: str) -> str:
+    return quote(value, safe=_SAFE)
+
+
+def _hmac(key: bytes, msg: str) -> bytes:
+    return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
+
+
+def signing_key(secret_key: str, date: str, region: str, service: str = SERVICE) -> bytes:
+    """The SigV4 signing key for one day (``YYYYMMDD``), region and service."""
+    k_date = _hmac(f"AWS4{secret_key}".encode(), date)
+    return _hmac(_hmac(_hmac(k_date, region), service), "aws4_request")
+
+
+def canonical_host(host: str) -> str:
+    """The ``host`` header value SigV4 signs: lower case, without the default https port."""
+    h = host.lower()
+    if h.endswith(":443"):
+        h = h[:-4]
+    return h
+
+
+def _signature(
+    key: bytes, amz_date: str, scope: str, canonical_query: str, host: str
+) -> str:
+    canonical_request = (
+        f"GET\n/\n{canonical_query}\nhost:{host}\n\nhost\n{EMPTY_SHA256}"
+    )
+    string_to_sign = (
+        f"{ALGORITHM}\n{amz_date}\n{scope}\n"
+        f"{hashlib.sha256(canonical_request.encode('utf-8')).hexdigest()}"
+    )
+    return hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def presign_token(
+    hostname: str,
+    region: str,
+    credentials: Credentials,
+    *,
+    action: str = CONNECT_ACTION,
+    expires_in: int = DEFAULT_EXPIRES_IN,
+    now: datetime | None = None,
+    key: bytes | None = None,
+) -> str:
+    """Mint a DSQL auth token for ``hostname`` (byte-identical to botocore's).
+
+    ``key`` may pass a precomputed :func:`signing_key` for the token's day and region;
+    :class:`dsqlkit.auth.tokens.TokenProvider` uses that to keep minting in microseconds.
+    """
+    if action not in ACTIONS:
+        raise ValueError(f"action must be one of {ACTIONS}, not {action!r}")
+    moment = now if now is not None else datetime.now(timezone.utc)
+    amz_date = moment.strftime(_DATE_FORMAT)
+    day = amz_date[:8]
+    scope = f"{day}/{region}/{SERVICE}/aws4_request"
+    # Order as botocore writes it: the operation parameter, then the auth parameters.
+    pairs = [
+        ("Action", action),
+        ("X-Amz-Algorithm", ALGORITHM),
+        ("X-Amz-Credential", f"{credentials.access_key}/{scope}"),
+        ("X-Amz-Date", amz_date),
+        ("X-Amz-Expires", str(expires_in)),
+        ("X-Amz-SignedHeaders", "host"),
+    ]
+    if credentials.session_token is not None:
+        pairs.append(("X-Amz-Security-Token", credentials.session_token))
+    encoded = [(_quote(k), _quote(v)) for k, v in pairs]
+    query = "&".join(f"{k}={v}" for k, v in encoded)
+    canonical_query = "&".join(f"{k}={v}" for k, v in sorted(encoded))
+    if key is None:
+        key = signing_key(credentials.secret_key, day, region)
+    sig = _signature(key, amz_date, scope, canonical_query, canonical_host(hostname))
+    return f"{hostname}/?{query}&X-Amz-Signature={sig}"
+
+
+@dataclass(frozen=True)
+class ParsedToken:
+    """A token split into its parts; values are percent-decoded."""
+
+    host: str
+    params: dict[str, str]
+
+
+def parse_token(token: str) -> ParsedToken:
+    """Split a token into host and decoded query parameters, or raise :class:`TokenRejected`.
+
+    Accepts an optional ``https://`` prefix. Rejects duplicate parameters, malformed
+    percent-escapes and anything oversized, without ever allocating more than the token.
+    """
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise TokenRejected(f"malformed token: longer than {MAX_TOKEN_LENGTH} characters")
+    if token.startswith("https://"):
+        token = token[len("https://") :]
+    host, sep, query = token.partition("/?")
+    if not sep or not host or not query:
+        raise TokenRejected("malformed token: expected <host>/?<signed query>")
+    if any(c in host for c in "/?#@ \t\r\n"):
+        raise TokenRejected("malformed token: invalid host")
+    params: dict[str, str] = {}
+    for part in query.split("&"):
+        k, eq, v = part.partition("=")
+        if not eq or not k:
+            raise TokenRejected("malformed token: query parameter without a value")
+        if _PERCENT_RE.search(k) or _PERCENT_RE.search(v):
+            raise TokenRejected("malformed token: invalid percent-encoding")
+        try:
+            name = unquote(k, errors="strict")
+            value = unquote(v, errors="strict")
+        except UnicodeDecodeError:
+            raise TokenRejected("malformed token: parameters are not UTF-8") from None
+        if name in params:
+            raise TokenRejected(f"malformed token: duplicate parameter {name}")
+        if len(params) >= 16:
+            raise TokenRejected("malformed token: too many parameters")
+        params[name] = value
+    return ParsedToken(host=host, params=params)
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    """What a valid token proves."""
+
+    access_key: str
+    action: str
+    host: str
+    issued_at: datetime
+    expires_at: datetime
+
+
+SecretLookup = Callable[[str], "Credentials | None"]
+
+
+def _fmt(moment: datetime) -> str:
+    return moment.strftime(_DATE_FORMAT)
+
+
+def verify_token(
+    token: str,
+    *,
+    user: str,
+    region: str,
+    hosts: Iterable[str],
+    lookup: SecretLookup,
+    now: datetime | None = None,
+) -> VerifiedToken:
+    """Check a token as DSQL does, or raise :class:`TokenRejected` with DSQL-style hint.
+
+    ``hosts`` are the names the endpoint answers to (compared without case, with or
+    without a port); ``lookup`` maps an access key id to the trusted credentials.
+    """
+    parsed = parse_token(token)
+    p = parsed.params
+    missing = [name for name in _REQUIRED if name not in p]
+    if missing:
+        raise TokenRejected(f"malformed token: missing parameter {missing[0]}")
+    unknown = sorted(set(p) - set(_REQUIRED) - {"X-Amz-Security-Token"})
+    if unknown:
+        raise TokenRejected(f"malformed token: unexpected parameter {unknown[0]}")
+    if p["X-Amz-Algorithm"] != ALGORITHM:
+        raise TokenRejected(f"unsupported signing algorithm; expected {ALGORITHM}")
+    if p["X-Amz-SignedHeaders"] != "host":
+        raise TokenRejected("the token must sign exactly the host header")
+    cred = p["X-Amz-Credential"].split("/")
+    if len(cred) != 5 or not cred[0] or cred[4] != "aws4_request":
+        raise TokenRejected("malformed token: X-Amz-Credential is not <key>/<date>/<region>/dsql/aws4_request")
+    access_key, scope_day, scope_region, scope_service, _ = cred
+    if scope_service != SERVICE:
+        raise TokenRejected(
+            f"Credential should be scoped to correct service: '{SERVICE}', not '{scope_service}'"
+        )
+    if scope_region != region:
+        raise TokenRejected(
+            f"Credential should be scoped to a valid region: '{region}', not '{scope_region}'"
+        )
+    amz_date = p["X-Amz-Date"]
+    if not _DATE_RE.fullmatch(amz_date) or scope_day != amz_date[:8]:
+        raise TokenRejected("malformed token: X-Amz-Date does not match the credential scope")
+    try:
+        issued = datetime.strptime(amz_date, _DATE_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise TokenRejected("malformed token: invalid X-Amz-Date") from None
+    expires_raw = p["X-Amz-Expires"]
+    if not expires_raw.isdigit() or len(expires_raw) > 7:
+        raise TokenRejected("malformed token: X-Amz-Expires must be a whole number of seconds")
+    expires_in = int(expires_raw)
+    if not 1 <= expires_in <= MAX_EXPIRES_IN:
+        raise TokenRejected(
+            f"X-Amz-Expires must be between 1 and {MAX_EXPIRES_IN} seconds, not {expires_in}"
+        )
+    host = canonical_host(parsed.host)
+    allowed = {canonical_host(h) for h in hosts}
+    if host not in allowed and host.rsplit(":", 1)[0] not in allowed:
+        raise TokenRejected(f"the token was signed for another host: {parsed.host}")
+    action = p["Action"]
+    if action not in ACTIONS or action != action_for_user(user):
+        raise TokenRejected(f"Wrong user to action mapping. user: {user}, action: {action}")
+    moment = now if now is not None else datetime.now(timezone.utc)
+    expires_at = issued + timedelta(seconds=expires_in)
+    if moment > expires_at:
+        raise TokenRejected(
+            f"Signature expired: {amz_date} is now earlier than {_fmt(moment)} "
+            f"({amz_date} + {expires_in} s)"
+        )
+    if issued - moment > MAX_CLOCK_SKEW:
+        raise TokenRejected(
+            f"Signature not yet current: {amz_date} is still later than "
+            f"{_fmt(moment + MAX_CLOCK_SKEW)} ({_fmt(moment)} + 15 min.)"
+        )
+    trusted = lookup(access_key)
+    if trusted is None:
+        raise TokenRejected("The security token included in the request is invalid.")
+    presented = p.get("X-Amz-Security-Token")
+    if presented is not None or trusted.session_token is not None:
+        if presented is None or trusted.session_token is None or not hmac.compare_digest(
+            presented.encode(), trusted.session_token.encode()
+        ):
+            raise TokenRejected("The security token included in the request is invalid.")
+    encoded = sorted(
+        (_quote(k), _quote(v)) for k, v in p.items() if k != "X-Amz-Signature"
+    )
+    canonical_query = "&".join(f"{k}={v}" for k, v in encoded)
+    scope = f"{scope_day}/{scope_region}/{SERVICE}/aws4_request"
+    expected = _signature(
+        signing_key(trusted.secret_key, scope_day, scope_region),
+        amz_date,
+        scope,
+        canonical_query,
+        host,
+    )
+    if not hmac.compare_digest(expected.encode(), p["X-Amz-Signature"].encode()):
+        raise TokenRejected(
+            "The request signature we calculated does not match the signature you provided."
+        )
+    return VerifiedToken(
+        access_key=access_key,
+        action=action,
+        host=parsed.host,
+        issued_at=issued,
+        expires_at=expires_at,
+    )
