@@ -1,0 +1,113 @@
+"""``dsqlkit local``: run a local DSQL endpoint in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import time
+
+from dsqlkit.errors import LocalEndpointError
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=None,
+                   help="TCP port (default 5432 when free, else a free port, which is printed)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--region", default="us-east-1", help="the endpoint's AWS region")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--data-dir", default=None,
+                   help="keep data, CA and key pair here (default: a per-user state directory)")
+    g.add_argument("--ephemeral", action="store_true",
+                   help="use a temporary data directory, removed on exit")
+    p.add_argument("--backend", choices=["auto", "pgserver", "system"], default="auto",
+                   help="PostgreSQL to run: the embedded pgserver build or the system's")
+    p.add_argument("--backend-url", default=None,
+                   help="front an existing PostgreSQL (postgresql://user:pw@host:port/db)")
+    p.add_argument("--profile", default=None,
+                   help="trust this AWS profile's keys instead of the generated key pair")
+    p.add_argument("--max-connections", type=int, default=1000,
+                   help="open connections before 53300 (default 1000)")
+    p.add_argument("--connection-rate", type=float, default=100.0,
+                   help="new connections per second before 53400 (default 100)")
+    p.add_argument("--connection-burst", type=int, default=1000,
+                   help="burst of new connections (default 1000)")
+    p.add_argument("--max-connection-age", type=float, default=3600.0,
+                   help="seconds before a session is closed, as DSQL does after 60 min")
+    p.add_argument("--json", action="store_true",
+                   help="print the connection details as one JSON line (for scripts)")
+
+
+def banner(ep: object) -> str:
+    from dsqlkit.local import LocalDSQL
+
+    assert isinstance(ep, LocalDSQL)
+    env = ep.env()
+    exports = "\n".join(f"  export {k}={shlex.quote(v)}" for k, v in env.items())
+    conninfo = (f"host={ep.host} port={ep.port} user=admin dbname=postgres "
+                f"sslmode=verify-full sslrootcert={ep.ca_path}")
+    return f"""dsqlkit local: Aurora DSQL endpoint ready
+  endpoint          {ep.host}:{ep.port}  (cluster {ep.hostname})
+  region            {ep.region}
+  data directory    {ep.data_dir}
+  CA certificate    {ep.ca_path}
+  connection string {ep.url()}
+
+Environment for clients (AWS SDKs, dsqlkit, psql):
+{exports}
+
+psql (after the exports above):
+  PGPASSWORD="$(dsqlkit token --hostname {ep.host} --region {ep.region} --admin)" \\
+    psql "{conninfo}"
+
+Press Ctrl-C to stop."""
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from dsqlkit.local import LocalDSQL
+
+    ep = LocalDSQL(
+        args.data_dir,
+        ephemeral=args.ephemeral,
+        port=args.port,
+        host=args.host,
+        region=args.region,
+        backend=args.backend,
+        backend_url=args.backend_url,
+        profile=args.profile,
+        max_connections=args.max_connections,
+        connection_rate=args.connection_rate,
+        connection_burst=args.connection_burst,
+        max_connection_age=args.max_connection_age,
+    )
+    started = time.monotonic()
+    try:
+        ep.start()
+    except LocalEndpointError as exc:
+        print(f"dsqlkit local: {exc}", file=sys.stderr)
+        return 1
+    elapsed = time.monotonic() - started
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    if args.json:
+        print(json.dumps({
+            "host": ep.host, "port": ep.port, "region": ep.region, "hostname": ep.hostname,
+            "cluster_id": ep.cluster_id, "ca_path": ep.ca_path, "url": ep.url(),
+            "data_dir": str(ep.data_dir), "backend_url": ep.backend_url, "env": ep.env(),
+        }), flush=True)
+    else:
+        print(banner(ep), flush=True)
+        print(f"(started in {elapsed:.2f} s)", flush=True)
+    try:
+        ep.run_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ep.stop()
+    return 0
