@@ -6,6 +6,11 @@ contains a token, a secret key or a session token.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dsqlkit.occ import OCCType
+
 
 class DsqlError(Exception):
     """Base class of every error raised by dsqlkit."""
@@ -39,11 +44,43 @@ class LocalEndpointError(DsqlError):
     """The local DSQL endpoint could not be started or reached."""
 
 
+class OCCRetryExhausted(DsqlError):
+    """A transaction kept losing OCC conflicts until its attempts or time budget ran out.
+
+    The last conflict is ``__cause__``; ``attempts`` is how many times the transaction ran and
+    ``occ_type`` the kind of the last conflict. Persistent data conflicts (``OC000``) mean hot
+    rows: raise ``OCCRetryConfig.max_attempts`` or ``deadline``, or spread the writes.
+    """
+
+    def __init__(
+        self,
+        attempts: int,
+        occ_type: OCCType,
+        cause: BaseException,
+        *,
+        deadline_exceeded: bool = False,
+    ) -> None:
+        super().__init__(f"OCC retry exhausted after {attempts} attempts: {cause}")
+        self.attempts = attempts
+        self.occ_type = occ_type
+        self.deadline_exceeded = deadline_exceeded
+        self.__cause__ = cause
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The default reduce would call __init__ with the message alone.
+        return (
+            type(self),
+            (self.attempts, self.occ_type, self.__cause__),
+            {"deadline_exceeded": self.deadline_exceeded},
+        )
+
+
 __all__ = [
     "ConfigError",
     "CredentialsError",
     "DsqlError",
     "LocalEndpointError",
+    "OCCRetryExhausted",
     "TokenError",
     "TokenRejected",
 ]
