@@ -231,7 +231,9 @@ def verify_token(
         raise TokenRejected("the token must sign exactly the host header")
     cred = p["X-Amz-Credential"].split("/")
     if len(cred) != 5 or not cred[0] or cred[4] != "aws4_request":
-        raise TokenRejected("malformed token: X-Amz-Credential is not <key>/<date>/<region>/dsql/aws4_request")
+        raise TokenRejected(
+            "malformed token: X-Amz-Credential is not <key>/<date>/<region>/dsql/aws4_request"
+        )
     access_key, scope_day, scope_region, scope_service, _ = cred
     if scope_service != SERVICE:
         raise TokenRejected(
@@ -279,11 +281,12 @@ def verify_token(
     if trusted is None:
         raise TokenRejected("The security token included in the request is invalid.")
     presented = p.get("X-Amz-Security-Token")
-    if presented is not None or trusted.session_token is not None:
-        if presented is None or trusted.session_token is None or not hmac.compare_digest(
-            presented.encode(), trusted.session_token.encode()
-        ):
-            raise TokenRejected("The security token included in the request is invalid.")
+    if (presented is not None or trusted.session_token is not None) and (
+        presented is None
+        or trusted.session_token is None
+        or not hmac.compare_digest(presented.encode(), trusted.session_token.encode())
+    ):
+        raise TokenRejected("The security token included in the request is invalid.")
     encoded = sorted(
         (_quote(k), _quote(v)) for k, v in p.items() if k != "X-Amz-Signature"
     )

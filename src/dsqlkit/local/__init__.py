@@ -389,8 +389,7 @@ class LocalDSQL:
     def call(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(*args)`` on the endpoint's event loop and return its result."""
         assert self._loop is not None
-        fut: asyncio.Future[Any] = asyncio.run_coroutine_threadsafe(_call(fn, *args), self._loop)  # type: ignore[assignment]
-        return fut.result(30)
+        return asyncio.run_coroutine_threadsafe(_call(fn, *args), self._loop).result(30)
 
 
 async def _call(fn: Any, *args: Any) -> Any:

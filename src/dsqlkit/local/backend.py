@@ -177,9 +177,13 @@ class ManagedPostgres:
             _allow_traversal(self.bin_dir.parent / "lib")
         cmd = [str(self.bin_dir / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
                "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"]
-        res = subprocess.run(cmd, capture_output=True, text=True, **self._popen_kwargs())  # type: ignore[call-overload]
+        res = subprocess.run(  # type: ignore[call-overload]
+            cmd, capture_output=True, text=True, **self._popen_kwargs()
+        )
         if res.returncode != 0:
-            raise LocalEndpointError(f"initdb failed ({res.returncode}): {res.stderr.strip()[-2000:]}")
+            raise LocalEndpointError(
+                f"initdb failed ({res.returncode}): {res.stderr.strip()[-2000:]}"
+            )
 
     def start(self, timeout: float = 30.0) -> BackendAddress:
         self.init()
@@ -252,7 +256,7 @@ class ManagedPostgres:
             return "(no log)"
 
     def _reap_stale(self, pidfile: Path) -> None:
-        """Kill what is left of a previous postmaster on this data directory (e.g. after SIGKILL)."""
+        """Kill what is left of an earlier postmaster on this data directory (after SIGKILL)."""
         try:
             pid = int(pidfile.read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
@@ -372,7 +376,7 @@ def _scram_client(password: str) -> tuple[bytes, Callable[[bytes], bytes], Calla
         without_proof = f"c=biws,r={attrs['r']}"
         auth = f"{first_bare},{server_first.decode()},{without_proof}".encode()
         sig = hmac.new(stored, auth, hashlib.sha256).digest()
-        proof = bytes(a ^ b for a, b in zip(client_key, sig))
+        proof = bytes(a ^ b for a, b in zip(client_key, sig, strict=True))
         server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
         state["server_sig"] = hmac.new(server_key, auth, hashlib.sha256).digest()
         return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
@@ -409,7 +413,9 @@ async def open_session(
         raise
 
 
-async def _handshake(link: Link, address: BackendAddress, params: dict[str, str]) -> BackendSession:
+async def _handshake(
+    link: Link, address: BackendAddress, params: dict[str, str]
+) -> BackendSession:
     user = params["user"]
     link.write(wire.startup_message(params))
     statuses: dict[str, str] = {}

@@ -28,6 +28,6 @@ def bootstrap(address: BackendAddress) -> None:
     try:
         with psycopg.connect(address.dsn(), autocommit=True, connect_timeout=10) as conn:
             for sql in BOOTSTRAP:
-                conn.execute(sql)  # type: ignore[arg-type]
+                conn.execute(sql.encode())
     except psycopg.Error as exc:
         raise LocalEndpointError(f"could not prepare the backend database: {exc}") from exc

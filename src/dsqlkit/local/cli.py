@@ -37,6 +37,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="seconds before a session is closed, as DSQL does after 60 min")
     p.add_argument("--json", action="store_true",
                    help="print the connection details as one JSON line (for scripts)")
+    p.add_argument("--smoke", action="store_true",
+                   help="start, connect over TLS with an IAM token, run a query, stop")
 
 
 def banner(ep: object) -> str:
@@ -91,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     elapsed = time.monotonic() - started
 
+    if args.smoke:
+        return _smoke(ep, elapsed)
+
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
@@ -108,6 +113,28 @@ def run(args: argparse.Namespace) -> int:
         ep.run_forever()
     except KeyboardInterrupt:
         pass
+    finally:
+        ep.stop()
+    return 0
+
+
+def _smoke(ep: object, elapsed: float) -> int:
+    import psycopg
+
+    from dsqlkit.local import LocalDSQL
+
+    assert isinstance(ep, LocalDSQL)
+    try:
+        with psycopg.connect(ep.dsn()) as conn:
+            row = conn.execute(
+                "SELECT current_user, current_setting('server_version'), "
+                "current_setting('transaction_isolation')"
+            ).fetchone()
+            assert row is not None
+            print(f"dsqlkit local: ready in {elapsed:.2f} s on {ep.host}:{ep.port}; "
+                  f"connected over TLS (verify-full) with an IAM token as {row[0]}, "
+                  f"server_version {conn.info.parameter_status('server_version')}, "
+                  f"isolation {row[2]}")
     finally:
         ep.stop()
     return 0

@@ -46,7 +46,9 @@ class EndpointConfig:
 class TokenBucket:
     """DSQL's connection-rate quota: ``rate`` new connections per second, ``burst`` at once."""
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate = rate
         self.burst = burst
         self.tokens = float(burst)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dsqlkit.errors import LocalEndpointError, TokenRejected
@@ -48,6 +49,15 @@ _COMPLETES = {
     wire.EXECUTE: frozenset({wire.COMMAND_COMPLETE, wire.EMPTY_QUERY, wire.PORTAL_SUSPENDED}),
 }
 _IDLE = ord("I")
+# Frontend messages checked before they reach the backend: a malformed one ends the session.
+_VALIDATORS: dict[int, Callable[[bytes], object]] = {
+    wire.QUERY: wire.parse_query,
+    wire.PARSE: wire.parse_parse,
+    wire.BIND: wire.parse_bind_names,
+    wire.DESCRIBE: wire.parse_describe_or_close,
+    wire.CLOSE: wire.parse_describe_or_close,
+    wire.EXECUTE: wire.parse_execute,
+}
 
 
 class Refusal(Exception):
@@ -97,10 +107,7 @@ def parse_options(options: str) -> list[tuple[str, str]]:
         if a == "-c" and i + 1 < len(args):
             setting = args[i + 1]
             i += 2
-        elif a.startswith("--"):
-            setting = a[2:]
-            i += 1
-        elif a.startswith("-c"):
+        elif a.startswith("--") or a.startswith("-c"):
             setting = a[2:]
             i += 1
         else:
@@ -175,6 +182,7 @@ class Session:
 
     async def _startup(self) -> None:
         client = self.client
+        frame = b""
         while True:
             _, frame = await client.read_frame()
             code = wire.startup_code(frame)
@@ -296,6 +304,14 @@ class Session:
                 self._flush()
                 self.close()
                 return
+            validate = _VALIDATORS.get(mtype)
+            if validate is not None:
+                try:
+                    validate(frame)
+                except wire.ProtocolViolation as exc:
+                    self._flush()
+                    self._client_violation(exc)
+                    return
             if mtype in _EXTENDED:
                 if not self.backend_skipping:
                     expect.append(mtype)

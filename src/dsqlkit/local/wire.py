@@ -140,7 +140,7 @@ class FrameReader:
         return mtype, frame
 
     def frames(self) -> list[tuple[int, bytes]]:
-        out = []
+        out: list[tuple[int, bytes]] = []
         while True:
             f = self.next_frame()
             if f is None:
