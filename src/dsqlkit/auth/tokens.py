@@ -1,0 +1,464 @@
+"""Token cache and refresh: :class:`TokenProvider`.
+
+A DSQL token is checked only when a connection starts, and can be reused by any number of
+connections until it expires. So a provider keeps one token, hands it to every new
+connection, and mints the next one at 80 % of its lifetime -- in the background for pools
+(a thread for sync pools, an asyncio task for async ones), inline otherwise.
+
+Timeline of one token (lifetime L = min(token lifetime, credentials' remaining life))::
+
+    issued ──────────── refresh_at (0.8 L) ──── usable_until (L - margin) ──── expires (L)
+            cached           background re-mints;       connection attempts
+                             failures retried with      mint inline (one mint),
+                             backoff, logged            old token as last resort
+
+A connection attempt never waits for more than one mint: while a background refresher
+runs, it is served the cached token until ``usable_until``; after that it mints itself
+(serialised, so concurrent attempts share the result).
+
+The decisions are pure functions of the clock (:class:`RefreshPolicy`); the thread and the
+task are thin loops over :meth:`TokenProvider._background_step`.
+"""
+
+from __future__ import annotations
+
+import time
+from _thread import allocate_lock
+from datetime import datetime, timezone
+
+from dsqlkit._log import get_logger
+from dsqlkit.auth.credentials import CredentialSource, LoadedCredentials, credential_source
+from dsqlkit.auth.sigv4 import (
+    DEFAULT_EXPIRES_IN,
+    MAX_EXPIRES_IN,
+    action_for_user,
+    presign_token,
+    signing_key,
+)
+from dsqlkit.errors import ConfigError, DsqlError, TokenError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import asyncio
+    import threading
+    import weakref
+    from collections.abc import Callable
+    from typing import Any
+
+    from dsqlkit.config import DsqlConfig
+
+# Cold starts matter: threading, weakref and asyncio are imported only when a background
+# refresher starts; dataclasses and typing not at all.
+logger = get_logger(__name__)
+
+# Signing keys are valid for one UTC day, region and secret; deriving one costs four HMACs.
+_KEYS: dict[tuple[str, str, str], bytes] = {}
+_KEYS_MAX = 64
+
+
+def cached_signing_key(secret_key: str, day: str, region: str) -> bytes:
+    k = (secret_key, day, region)
+    key = _KEYS.get(k)
+    if key is None:
+        if len(_KEYS) >= _KEYS_MAX:
+            _KEYS.clear()
+        key = _KEYS[k] = signing_key(secret_key, day, region)
+    return key
+
+
+class RefreshPolicy:
+    """When to re-mint, how long a token may still be handed out, how to back off.
+
+    ``ratio``: re-mint at this fraction of the lifetime. ``max_margin``: stop handing out a
+    token min(max_margin, 10 % of its life) before it expires. ``retry_base`` /
+    ``retry_cap``: backoff of failed refreshes (both also scaled down for short lifetimes).
+    """
+
+    __slots__ = ("max_margin", "ratio", "retry_base", "retry_cap")
+
+    def __init__(
+        self,
+        ratio: float = 0.8,
+        max_margin: float = 60.0,
+        retry_base: float = 1.0,
+        retry_cap: float = 30.0,
+    ) -> None:
+        if not 0.0 < ratio < 1.0:
+            raise ConfigError(f"refresh ratio must be between 0 and 1, not {ratio}")
+        self.ratio = ratio
+        self.max_margin = max_margin
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+
+    def __repr__(self) -> str:
+        return (
+            f"RefreshPolicy(ratio={self.ratio}, max_margin={self.max_margin}, "
+            f"retry_base={self.retry_base}, retry_cap={self.retry_cap})"
+        )
+
+    def lifetime(self, issued_at: float, expires_at: float) -> float:
+        return max(1.0, expires_at - issued_at)
+
+    def refresh_at(self, issued_at: float, expires_at: float) -> float:
+        return issued_at + self.ratio * self.lifetime(issued_at, expires_at)
+
+    def usable_until(self, issued_at: float, expires_at: float) -> float:
+        life = self.lifetime(issued_at, expires_at)
+        return expires_at - min(self.max_margin, 0.1 * life)
+
+    def retry_delay(self, failures: int, issued_at: float, expires_at: float) -> float:
+        """Backoff after ``failures`` failed refreshes: doubling, capped so that several
+        attempts fit between the refresh point and the end of the token's usable life."""
+        life = self.lifetime(issued_at, expires_at)
+        base = min(self.retry_base, 0.02 * life)
+        cap = max(base, min(self.retry_cap, 0.05 * life))
+        return float(min(cap, base * 2 ** min(failures - 1, 30)))
+
+
+class MintedToken:
+    """One minted token and its schedule (epoch seconds). The repr never shows the token."""
+
+    __slots__ = ("expires_at", "issued_at", "refresh_at", "token", "usable_until")
+
+    def __init__(
+        self, token: str, issued_at: float, expires_at: float, refresh_at: float,
+        usable_until: float,
+    ) -> None:
+        self.token = token
+        self.issued_at = issued_at
+        self.expires_at = expires_at
+        self.refresh_at = refresh_at
+        self.usable_until = usable_until
+
+    def __repr__(self) -> str:
+        return (
+            f"MintedToken(issued_at={self.issued_at}, expires_at={self.expires_at}, "
+            f"refresh_at={self.refresh_at}, usable_until={self.usable_until})"
+        )
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%H:%M:%SZ")
+
+
+class TokenProvider:
+    """Mints, caches and refreshes the auth token for one (host, region, user).
+
+    ``credentials`` is anything :func:`dsqlkit.auth.credentials.credential_source` accepts
+    (a provider, credentials, a resolved source) or None for environment/botocore chain.
+    ``action`` overrides the IAM action otherwise derived from ``user``.
+    """
+
+    def __init__(
+        self,
+        hostname: str,
+        region: str,
+        *,
+        user: str = "admin",
+        action: str | None = None,
+        expires_in: int = DEFAULT_EXPIRES_IN,
+        credentials: Any = None,
+        profile: str | None = None,
+        policy: RefreshPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 1 <= expires_in <= MAX_EXPIRES_IN:
+            raise ConfigError(
+                f"token lifetime {expires_in} s is out of range: use 1 to {MAX_EXPIRES_IN}"
+            )
+        self.hostname = hostname
+        self.region = region
+        self.user = user
+        # DSQL maps the admin role to DbConnectAdmin, every other role to DbConnect.
+        self.action = action if action is not None else action_for_user(user)
+        self.expires_in = expires_in
+        self.policy = policy or RefreshPolicy()
+        self._source: CredentialSource = credential_source(credentials, profile=profile)
+        self._clock = clock
+        self._minted: MintedToken | None = None
+        self._mint_lock = allocate_lock()
+        self._failures = 0
+        self._retry_at: float | None = None
+        self._background = False
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.mints = 0
+
+    @classmethod
+    def from_config(cls, config: DsqlConfig, **kwargs: Any) -> TokenProvider:
+        return cls(
+            config.host,
+            config.region,
+            user=config.user,
+            expires_in=config.token_duration_secs,
+            credentials=config.credentials_provider,
+            profile=config.profile,
+            **kwargs,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<TokenProvider {self.user}@{self.hostname} region={self.region} "
+            f"action={self.action} expires_in={self.expires_in} source={self._source!r}>"
+        )
+
+    @property
+    def credentials_may_block(self) -> bool:
+        return self._source.blocking
+
+    @property
+    def current(self) -> MintedToken | None:
+        return self._minted
+
+    # -- minting ------------------------------------------------------------------------
+
+    def _mint(self) -> MintedToken:
+        loaded: LoadedCredentials = self._source.load()
+        creds = loaded.credentials
+        issued = float(int(self._clock()))
+        moment = datetime.fromtimestamp(issued, timezone.utc)
+        day = f"{moment.year:04d}{moment.month:02d}{moment.day:02d}"
+        try:
+            token = presign_token(
+                self.hostname,
+                self.region,
+                creds,
+                action=self.action,
+                expires_in=self.expires_in,
+                now=moment,
+                key=cached_signing_key(creds.secret_key, day, self.region),
+            )
+        except ValueError as exc:
+            raise TokenError(f"cannot sign a token for {self.hostname}: {exc}") from None
+        expires = issued + self.expires_in
+        if loaded.expires_at is not None and loaded.expires_at < expires:
+            # A token signed with temporary credentials dies with them.
+            expires = max(issued + 1.0, loaded.expires_at)
+        p = self.policy
+        minted = MintedToken(
+            token=token,
+            issued_at=issued,
+            expires_at=expires,
+            refresh_at=p.refresh_at(issued, expires),
+            usable_until=p.usable_until(issued, expires),
+        )
+        self._minted = minted
+        self.mints += 1
+        return minted
+
+    def refresh(self) -> str:
+        """Mint a new token now (raises :class:`TokenError`/:class:`CredentialsError`)."""
+        with self._mint_lock:
+            minted = self._mint()
+        self._failures = 0
+        self._retry_at = None
+        logger.debug(
+            "minted a DSQL token for %s@%s (valid until %s, refresh at %s)",
+            self.user, self.hostname, _utc(minted.expires_at), _utc(minted.refresh_at),
+        )
+        return minted.token
+
+    def _cached(self) -> str | None:
+        m = self._minted
+        if m is None:
+            return None
+        now = self._clock()
+        if now < m.refresh_at or (self._background and now < m.usable_until):
+            return m.token
+        return None
+
+    def _mint_for_connection(self) -> str:
+        with self._mint_lock:
+            # Another caller (or the refresher) may have minted while we waited.
+            cached = self._cached()
+            if cached is not None:
+                return cached
+            old = self._minted
+            try:
+                minted = self._mint()
+            except DsqlError as exc:
+                if old is not None and self._clock() < old.expires_at:
+                    logger.warning(
+                        "minting a DSQL token for %s@%s failed (%s); using the current token, "
+                        "valid until %s", self.user, self.hostname, exc, _utc(old.expires_at),
+                    )
+                    return old.token
+                raise
+        logger.debug(
+            "minted a DSQL token for %s@%s inline (valid until %s)",
+            self.user, self.hostname, _utc(minted.expires_at),
+        )
+        return minted.token
+
+    def token(self) -> str:
+        """The token for a new connection: cached, or minted now (at most one mint)."""
+        cached = self._cached()
+        if cached is not None:
+            return cached
+        return self._mint_for_connection()
+
+    async def atoken(self) -> str:
+        """:meth:`token` for coroutines: a mint that may block on I/O runs in a thread."""
+        import asyncio
+
+        cached = self._cached()
+        if cached is not None:
+            return cached
+        if self._source.blocking:
+            return await asyncio.to_thread(self._mint_for_connection)
+        return self._mint_for_connection()
+
+    def invalidate(self) -> None:
+        """Forget the cached token, e.g. after the server refused it."""
+        self._minted = None
+
+    # -- background refresh -------------------------------------------------------------
+
+    def _due_at(self) -> float:
+        if self._retry_at is not None:
+            return self._retry_at
+        m = self._minted
+        return m.refresh_at if m is not None else 0.0
+
+    def _refresh_guarded(self) -> None:
+        """One background refresh; a failure is logged and scheduled for a retry."""
+        try:
+            self.refresh()
+        except Exception as exc:
+            self._failures += 1
+            m = self._minted
+            now = self._clock()
+            if m is not None:
+                delay = self.policy.retry_delay(self._failures, m.issued_at, m.expires_at)
+                until = f"the current token is valid until {_utc(m.expires_at)}"
+            else:
+                delay = self.policy.retry_delay(self._failures, now, now + self.expires_in)
+                until = "there is no current token"
+            self._retry_at = now + delay
+            logger.warning(
+                "refreshing the DSQL token for %s@%s failed (attempt %d): %s; retrying in "
+                "%.2f s, %s", self.user, self.hostname, self._failures, exc, delay, until,
+            )
+
+    def _background_step(self) -> float:
+        """Refresh if due; return the seconds until the next step."""
+        if self._clock() >= self._due_at():
+            self._refresh_guarded()
+        return max(0.0, self._due_at() - self._clock())
+
+    @property
+    def refreshing(self) -> bool:
+        """Whether a background refresher (thread or task) is running."""
+        return self._background
+
+    def start(self) -> None:
+        """Start the background refresh thread (idempotent). Mint first, failing loudly."""
+        import threading
+        import weakref
+
+        if self._thread is not None and self._thread.is_alive():
+            return
+        if self._minted is None:
+            self.refresh()
+        stop = self._stop = threading.Event()
+        thread = threading.Thread(
+            target=_thread_loop,
+            args=(weakref.ref(self), stop),
+            name=f"dsqlkit-token-refresh-{self.hostname}",
+            daemon=True,
+        )
+        self._thread = thread
+        self._background = True
+        thread.start()
+
+    async def start_async(self) -> None:
+        """Start the background refresh task in the running loop (idempotent)."""
+        import asyncio
+        import threading
+        import weakref
+
+        loop = asyncio.get_running_loop()
+        task = self._task
+        if task is not None and not task.done() and task.get_loop() is loop:
+            return
+        if self._minted is None:
+            if self._source.blocking:
+                await asyncio.to_thread(self.refresh)
+            else:
+                self.refresh()
+        stop = self._stop = threading.Event()
+        self._task = loop.create_task(_task_loop(weakref.ref(self), stop))
+        self._background = True
+
+    def stop(self) -> None:
+        """Stop background refresh (thread or task). The cached token stays usable."""
+        self._background = False
+        if self._stop is not None:
+            self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            import threading
+
+            if thread is not threading.current_thread():
+                thread.join(timeout=5.0)
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            try:
+                task.get_loop().call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the loop is closed: the task is gone with it
+                pass
+
+    async def stop_async(self) -> None:
+        import asyncio
+
+        task = self._task
+        self.stop()
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+
+def _thread_loop(ref: weakref.ref[TokenProvider], stop: threading.Event) -> None:
+    # Holds the provider only while working: a forgotten pool's provider can be collected.
+    while not stop.is_set():
+        provider = ref()
+        if provider is None:
+            return
+        delay = provider._background_step()
+        del provider
+        stop.wait(delay)
+
+
+async def _task_loop(ref: weakref.ref[TokenProvider], stop: threading.Event) -> None:
+    import asyncio
+
+    while not stop.is_set():
+        provider = ref()
+        if provider is None:
+            return
+        if provider._clock() >= provider._due_at():
+            if provider.credentials_may_block:
+                await asyncio.to_thread(provider._refresh_guarded)
+            else:
+                provider._refresh_guarded()
+        delay = max(0.0, provider._due_at() - provider._clock())
+        del provider
+        await asyncio.sleep(delay)
+
+
+def generate_token(conninfo: str | DsqlConfig = "", /, **params: Any) -> str:
+    """Mint one token for a connection string (``region=``, ``user=``... as keywords).
+
+    >>> generate_token("postgres://admin@<cluster-id>.dsql.us-east-1.on.aws/postgres")
+    ... # doctest: +SKIP
+    """
+    from dsqlkit.config import resolve_config
+
+    return TokenProvider.from_config(resolve_config(conninfo, params)).refresh()
+
+
+__all__ = ["MintedToken", "RefreshPolicy", "TokenProvider", "cached_signing_key",
+           "generate_token"]
