@@ -40,6 +40,23 @@ class TokenRejected(DsqlError):
         self.hint = hint
 
 
+class AuthenticationError(DsqlError):
+    """The endpoint refused the IAM token of a new connection.
+
+    ``hint`` is the server's reason (e.g. ``Wrong user to action mapping``); the driver's
+    own exception is ``__cause__``. The message names the user, host, region, IAM action
+    and credentials source, never the token.
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class PoolTimeout(DsqlError, TimeoutError):
+    """No pooled connection became available in time."""
+
+
 class LocalEndpointError(DsqlError):
     """The local DSQL endpoint could not be started or reached."""
 
@@ -76,11 +93,13 @@ class OCCRetryExhausted(DsqlError):
 
 
 __all__ = [
+    "AuthenticationError",
     "ConfigError",
     "CredentialsError",
     "DsqlError",
     "LocalEndpointError",
     "OCCRetryExhausted",
+    "PoolTimeout",
     "TokenError",
     "TokenRejected",
 ]
