@@ -144,11 +144,15 @@ class ManagedPostgres:
         kind: str = "auto",
         max_connections: int = 1100,
         durable: bool = True,
+        port: int = SOCKET_PORT,
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.pgdata = pgdata
         self.bin_dir = bin_dir or find_bin_dir(kind)
         self.max_connections = max_connections
         self.durable = durable
+        self.port = port
+        self.extra_settings = dict(settings or {})
         self.user = _run_as_user()
         self.socket_dir = ""
         self.proc: subprocess.Popen[bytes] | None = None
@@ -197,7 +201,7 @@ class ManagedPostgres:
             "listen_addresses": "",
             "unix_socket_directories": self.socket_dir,
             "unix_socket_permissions": "0700",
-            "port": str(SOCKET_PORT),
+            "port": str(self.port),
             "max_connections": str(self.max_connections),
             "timezone": "UTC",
             "log_timezone": "UTC",
@@ -210,6 +214,7 @@ class ManagedPostgres:
             "full_page_writes": "on" if self.durable else "off",
             "max_locks_per_transaction": "256",
             "deadlock_timeout": "5s",
+            **self.extra_settings,
         }
         cmd = [str(self.bin_dir / "postgres"), "-D", str(self.pgdata)]
         for k, v in settings.items():
@@ -228,12 +233,16 @@ class ManagedPostgres:
 
     @property
     def address(self) -> BackendAddress:
-        return BackendAddress(host=self.socket_dir, port=SOCKET_PORT, user="postgres")
+        return BackendAddress(host=self.socket_dir, port=self.port, user="postgres")
+
+    def address_url(self) -> str:
+        """A ``postgresql://`` URL of the Unix socket, for ``--backend-url``."""
+        return f"postgresql://postgres@/postgres?host={self.socket_dir}&port={self.port}"
 
     def _wait_ready(self, timeout: float) -> None:
         assert self.proc is not None
         pidfile = self.pgdata / "postmaster.pid"
-        sock = Path(self.socket_dir) / f".s.PGSQL.{SOCKET_PORT}"
+        sock = Path(self.socket_dir) / f".s.PGSQL.{self.port}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -9,20 +9,39 @@ Back-pressure is symmetric: when one side's outgoing buffer fills, its peer stop
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import cast
 
 from dsqlkit.local import wire
 
-FramesCallback = Callable[[list[tuple[int, bytes]]], None]
+# (data, [(type, start, end), ...]): complete frames as offsets into one bytes object.
+FramesCallback = Callable[[bytes, list[tuple[int, int, int]]], None]
 
 
 class LinkClosed(ConnectionError):
     """The peer closed the connection (or it was lost)."""
 
 
-class Link(asyncio.Protocol):
+_READ_BUFFER = 256 * 1024
+_local = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    """One read buffer per event-loop thread, shared by all its links: the loop fills it
+    and the link copies the bytes out before anything else can run."""
+    buf: memoryview | None = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = memoryview(bytearray(_READ_BUFFER))
+    return buf
+
+
+class Link(asyncio.BufferedProtocol):
+    """A buffered protocol: the event loop reads (and decrypts TLS) straight into a reused
+    buffer instead of allocating a large bytes object for every read."""
+
     def __init__(self, *, typed: bool = True, max_length: int = wire.MAX_MESSAGE) -> None:
+        self._rview = _read_buffer()
         self.reader = wire.FrameReader(typed=typed, max_length=max_length)
         self.transport: asyncio.Transport | None = None
         self.peer: Link | None = None
@@ -40,21 +59,28 @@ class Link(asyncio.Protocol):
         # uvloop's transports implement the interface without subclassing asyncio.Transport.
         self.transport = cast(asyncio.Transport, transport)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._rview
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._rview[:nbytes]))
+
     def data_received(self, data: bytes) -> None:
-        self.reader.feed(data)
-        if self.on_frames is not None:
-            try:
-                frames = self.reader.frames()
-            except wire.ProtocolViolation as exc:
-                if self.on_violation is not None:
-                    self.on_violation(exc)
-                else:
-                    self.close()
-                return
-            if frames:
-                self.on_frames(frames)
-        else:
+        on_frames = self.on_frames
+        if on_frames is None:
+            self.reader.feed(data)
             self._wake()
+            return
+        try:
+            chunk, frames = self.reader.scan(data)
+        except wire.ProtocolViolation as exc:
+            if self.on_violation is not None:
+                self.on_violation(exc)
+            else:
+                self.close()
+            return
+        if frames:
+            on_frames(chunk, frames)
 
     def eof_received(self) -> bool | None:
         self.eof = True

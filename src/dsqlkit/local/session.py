@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dsqlkit.errors import LocalEndpointError, TokenRejected
 from dsqlkit.local import wire
@@ -48,16 +48,12 @@ _COMPLETES = {
     wire.DESCRIBE: frozenset({wire.ROW_DESCRIPTION, wire.NO_DATA}),
     wire.EXECUTE: frozenset({wire.COMMAND_COMPLETE, wire.EMPTY_QUERY, wire.PORTAL_SUSPENDED}),
 }
+_COPY_IN_MESSAGES = frozenset({wire.COPY_DATA, wire.COPY_DONE, wire.COPY_FAIL})
 _IDLE = ord("I")
-# Frontend messages checked before they reach the backend: a malformed one ends the session.
-_VALIDATORS: dict[int, Callable[[bytes], object]] = {
-    wire.QUERY: wire.parse_query,
-    wire.PARSE: wire.parse_parse,
-    wire.BIND: wire.parse_bind_names,
-    wire.DESCRIBE: wire.parse_describe_or_close,
-    wire.CLOSE: wire.parse_describe_or_close,
-    wire.EXECUTE: wire.parse_execute,
-}
+
+
+def _slice(data: bytes, start: int, end: int) -> bytes:
+    return data if start == 0 and end == len(data) else data[start:end]
 
 
 class Refusal(Exception):
@@ -137,7 +133,8 @@ class Session:
         self.started = time.monotonic()
         self.settings: dict[str, str] = {}
         # relay state
-        self.held: deque[tuple[int, bytes]] = deque()
+        # Client messages not yet forwarded: [data, frames, index of the next frame].
+        self.held: deque[list[Any]] = deque()
         self.expect: deque[int] = deque()
         self.unit_closed = True
         self.backend_skipping = False
@@ -278,79 +275,109 @@ class Session:
         c.data_received(b"")
         b.data_received(b"")
 
-    def _on_client_frames(self, frames: list[tuple[int, bytes]]) -> None:
-        for mtype, frame in frames:
-            if self.copy_in and mtype in (wire.COPY_DATA, wire.COPY_DONE, wire.COPY_FAIL):
-                self._to_backend.append(frame)
-                if mtype != wire.COPY_DATA:
-                    self.copy_in = False
-                continue
-            if mtype not in wire.FRONTEND_TYPES:
-                self._client_violation(wire.ProtocolViolation(
-                    f"invalid frontend message type {mtype}"))
-                return
-            self.held.append((mtype, frame))
+    def _on_client_frames(self, data: bytes, frames: list[tuple[int, int, int]]) -> None:
+        self.held.append([data, frames, 0])
         self._pump()
 
     def _pump(self) -> None:
+        """Forward held client messages, in order, in as few writes as possible.
+
+        Stops at a unit boundary (Sync, Query, Flush) while the backend still owes
+        responses; :meth:`_on_backend_frames` calls it again when they have arrived.
+        """
         held = self.held
         expect = self.expect
         out = self._to_backend
         while held:
-            if self.unit_closed and expect:
-                break
-            mtype, frame = held.popleft()
-            if mtype == wire.TERMINATE:
-                self._flush()
-                self.close()
-                return
-            validate = _VALIDATORS.get(mtype)
-            if validate is not None:
-                try:
-                    validate(frame)
-                except wire.ProtocolViolation as exc:
+            batch = held[0]
+            data: bytes = batch[0]
+            frames: list[tuple[int, int, int]] = batch[1]
+            i: int = batch[2]
+            n = len(frames)
+            first = i
+            while i < n:
+                mtype, start, end = frames[i]
+                if self.unit_closed and expect and not (
+                    self.copy_in and mtype in _COPY_IN_MESSAGES
+                ):
+                    break
+                if mtype in _EXTENDED:
+                    if mtype == wire.PARSE and not self._valid(wire.parse_parse, data, start, end):
+                        return
+                    if not self.backend_skipping:
+                        expect.append(mtype)
+                    self.unit_closed = False
+                elif mtype in _ENDS_AT_READY:
+                    if mtype == wire.QUERY and not self._valid(wire.parse_query, data, start, end):
+                        return
+                    if not self.copy_in:  # the backend ignores Sync during COPY FROM STDIN
+                        expect.append(mtype)
+                        self.unit_closed = True
+                        if mtype == wire.SYNC:
+                            self.backend_skipping = False
+                elif mtype == wire.FLUSH:
+                    self.unit_closed = True
+                elif mtype in _COPY_IN_MESSAGES:
+                    if mtype != wire.COPY_DATA:
+                        self.copy_in = False
+                elif mtype == wire.TERMINATE:
+                    out.append(_slice(data, frames[first][1], start))
                     self._flush()
-                    self._client_violation(exc)
+                    self.close()
                     return
-            if mtype in _EXTENDED:
-                if not self.backend_skipping:
-                    expect.append(mtype)
-                self.unit_closed = False
-            elif mtype in _ENDS_AT_READY:
-                expect.append(mtype)
-                self.unit_closed = True
-                if mtype == wire.SYNC:
-                    self.backend_skipping = False
-            elif mtype == wire.FLUSH:
-                self.unit_closed = True
-            out.append(frame)
+                elif mtype not in wire.FRONTEND_TYPES:
+                    out.append(_slice(data, frames[first][1], start))
+                    self._flush()
+                    self._client_violation(
+                        wire.ProtocolViolation(f"invalid frontend message type {mtype}"))
+                    return
+                i += 1
+            if i > first:
+                out.append(_slice(data, frames[first][1], frames[i - 1][2]))
+            if i < n:
+                batch[2] = i
+                break
+            held.popleft()
         self._flush()
+
+    def _valid(self, parse: Callable[[bytes], object], data: bytes, start: int, end: int) -> bool:
+        """Check a message the backend would otherwise half-accept; end the session if bad."""
+        try:
+            parse(data[start:end])
+        except wire.ProtocolViolation as exc:
+            self._to_backend.clear()
+            self._client_violation(exc)
+            return False
+        return True
 
     def _flush(self) -> None:
         if self._to_backend:
             assert self.backend is not None
-            self.backend.link.write(b"".join(self._to_backend))
-            self._to_backend.clear()
+            out = self._to_backend
+            self.backend.link.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
         if self._to_client:
-            self.client.write(b"".join(self._to_client))
-            self._to_client.clear()
+            out = self._to_client
+            self.client.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
-    def _on_backend_frames(self, frames: list[tuple[int, bytes]]) -> None:
+    def _on_backend_frames(self, data: bytes, frames: list[tuple[int, int, int]]) -> None:
         expect = self.expect
-        out = self._to_client
-        for mtype, frame in frames:
-            out.append(frame)
+        close_after = False
+        for mtype, start, end in frames:
+            if mtype == wire.ERROR_RESPONSE:
+                fields = wire.parse_fields(data[start:end])
+                # A protocol violation or a FATAL error ends the session, as it does for
+                # PostgreSQL itself (some violations are only ERRORs there).
+                if fields.get("S") == "FATAL" or fields.get("C") == "08P01":
+                    close_after = True
             if not expect:
-                if mtype == wire.ERROR_RESPONSE and wire.parse_fields(frame).get("S") == "FATAL":
-                    self._flush()
-                    self.close()
-                    return
                 continue
             kind = expect[0]
             if mtype == wire.READY_FOR_QUERY:
                 if kind in _ENDS_AT_READY:
                     expect.popleft()
-                self.txn_status = frame[5]
+                self.txn_status = data[start + 5]
             elif mtype == wire.ERROR_RESPONSE:
                 if kind in _EXTENDED:
                     # The backend now skips every extended message up to the next Sync.
@@ -365,6 +392,11 @@ class Session:
                     self.copy_in = True
             elif mtype == wire.COPY_IN_RESPONSE:
                 self.copy_in = True
+        self._to_client.append(_slice(data, 0, frames[-1][2]))
+        if close_after:
+            self._flush()
+            self.close()
+            return
         if not expect:
             if self.expired and self.txn_status == _IDLE and not self.held:
                 self._flush()

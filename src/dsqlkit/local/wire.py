@@ -79,15 +79,18 @@ class ProtocolViolation(Exception):
 class FrameReader:
     """Splits a byte stream into complete messages.
 
-    ``typed=False`` reads the untyped first packet (length + body). Frames are returned
-    whole (header included) so that the proxy can forward them without re-encoding.
+    Two ways to read: :meth:`next_frame` returns one frame at a time (startup, where a
+    coroutine waits for each message), and :meth:`scan` returns a whole chunk with the
+    offsets of its complete frames, so that the relay can forward bytes without copying
+    them frame by frame. ``typed=False`` reads the untyped first packet (length + body).
     """
 
-    __slots__ = ("_buf", "_pos", "max_length", "typed")
+    __slots__ = ("_buf", "_need", "_pos", "max_length", "typed")
 
     def __init__(self, *, typed: bool = True, max_length: int = MAX_MESSAGE) -> None:
         self._buf = bytearray()
         self._pos = 0
+        self._need = 0
         self.typed = typed
         self.max_length = max_length
 
@@ -97,13 +100,6 @@ class FrameReader:
     @property
     def buffered(self) -> int:
         return len(self._buf) - self._pos
-
-    def take_rest(self) -> bytes:
-        """Everything buffered and not yet framed (used when switching to TLS)."""
-        rest = bytes(self._buf[self._pos :])
-        self._buf.clear()
-        self._pos = 0
-        return rest
 
     def next_frame(self) -> tuple[int, bytes] | None:
         """The next complete frame as ``(type, frame)``; type is 0 for untyped packets."""
@@ -138,6 +134,47 @@ class FrameReader:
         else:
             self._pos = end
         return mtype, frame
+
+    def scan(self, chunk: bytes) -> tuple[bytes, list[tuple[int, int, int]]]:
+        """Add ``chunk``; return the data and ``(type, start, end)`` of each complete frame.
+
+        Only ``data[:frames[-1][2]]`` is meant for the caller; an incomplete tail stays
+        buffered. A frame still arriving is not rescanned until all its bytes are here,
+        so a large message costs linear time however it is split.
+        """
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        if self._buf:
+            self._buf += chunk
+            if len(self._buf) < self._need:
+                return b"", []
+            data = bytes(self._buf)
+            self._buf.clear()
+        else:
+            data = chunk
+        frames: list[tuple[int, int, int]] = []
+        pos = 0
+        n = len(data)
+        limit = self.max_length
+        unpack = _I32.unpack_from
+        need = 0
+        while n - pos >= 5:
+            length = unpack(data, pos + 1)[0]
+            if length < 4 or length > limit:
+                raise ProtocolViolation("invalid message length")
+            end = pos + 1 + length
+            if end > n:
+                need = end - pos
+                break
+            frames.append((data[pos], pos, end))
+            pos = end
+        if pos < n:
+            self._buf += memoryview(data)[pos:]
+            self._need = need or 5
+        else:
+            self._need = 0
+        return data, frames
 
     def frames(self) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
