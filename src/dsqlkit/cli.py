@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "dsqlkit.local.cli"),
     "token": ("print an IAM auth token, as 'aws dsql generate-db-connect-auth-token' does",
               "dsqlkit.auth.cli"),
+    "check": ("report the statements Aurora DSQL would refuse", "dsqlkit.checker"),
 }
 
 
