@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import os
 import queue
 import re
 import threading
@@ -288,10 +289,43 @@ def setting_refusal(name: str, *, is_local: bool = False) -> Refusal | None:
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4096)
+# Texts are cached by size tier so the cache cannot grow to gigabytes: a bulk loader sending
+# distinct 300 KB INSERT texts would otherwise fill 4,096 slots with them. Typical statements fit
+# the first tier; the few large repeated ones (generated reports, big IN lists) the second.
+_SMALL_TEXT = 8 * 1024
+_LARGE_TEXT = 1024 * 1024
+
+
 def analyze(sql: str) -> Analysis:
-    """Analyze a statement text, cached by text. Never raises."""
+    """Analyze a statement text, cached by text (a repeated text costs one dict lookup).
+
+    Never raises. Texts over 1 MiB are analyzed afresh each time. A text of ~100 KB takes tens
+    of milliseconds to analyze the first time (pglast builds a Python object per tree node), so
+    a proxy may prefer to call this from a worker thread for large texts.
+    """
+    if len(sql) <= _SMALL_TEXT:
+        return _cached_small(sql)
+    if len(sql) <= _LARGE_TEXT:
+        return _cached_large(sql)
     return analyze_uncached(sql)
+
+
+class CacheStats(NamedTuple):
+    hits: int
+    misses: int
+    entries: int
+
+
+def cache_stats() -> CacheStats:
+    """Hits, misses and entries of :func:`analyze`'s cache (both size tiers)."""
+    small, large = _cached_small.cache_info(), _cached_large.cache_info()
+    return CacheStats(small.hits + large.hits, small.misses + large.misses,
+                      small.currsize + large.currsize)
+
+
+def cache_clear() -> None:
+    _cached_small.cache_clear()
+    _cached_large.cache_clear()
 
 
 def analyze_uncached(sql: str) -> Analysis:
@@ -304,6 +338,9 @@ def analyze_uncached(sql: str) -> Analysis:
                          unparsed=True, parse_error=f"analysis failed: {exc!r}")
         return Analysis(text=sql, statements=(stmt,), masked_text=sql, passthrough=False)
 
+
+_cached_small = functools.lru_cache(maxsize=4096)(analyze_uncached)
+_cached_large = functools.lru_cache(maxsize=16)(analyze_uncached)
 
 _COMMENT_TOKENS = frozenset({"SQL_COMMENT", "C_COMMENT"})
 
@@ -525,10 +562,12 @@ def _analyze_text(piece: _Piece) -> Statement:
 
 
 def _describe_large(piece: _Piece) -> Statement:
-    # libpg_query's own serializer refuses trees deeper than its stack check allows ("stack depth
-    # limit exceeded") instead of crashing, which bounds the depth the Python conversion sees.
+    # libpg_query's JSON serializer refuses trees deeper than its stack check allows ("stack
+    # depth limit exceeded", some 25,000 levels) instead of crashing, which bounds the depth the
+    # Python conversion sees to a fraction of the worker's stack. (Its protobuf serializer stops
+    # at a fixed, much lower depth that real statements can reach.)
     try:
-        parser.parse_sql_protobuf(piece.parse_text)
+        parser.parse_sql_json(piece.parse_text)
     except parser.ParseError as exc:
         message, position = _parse_error_parts(exc)
         return _unparsed(piece, message, position)
@@ -603,7 +642,14 @@ class _BigStackWorker:
             del fn, arg, future
 
 
+    def forget(self) -> None:
+        """After fork() the child has the queue but not the thread; start afresh on demand."""
+        self._lock = threading.Lock()
+        self._queue = None
+
+
 _worker = _BigStackWorker()
+os.register_at_fork(after_in_child=_worker.forget)
 
 
 def _run_with_big_stack(fn: Callable[[_Piece], Statement], piece: _Piece) -> Statement:
@@ -1918,6 +1964,7 @@ __all__ = [
     "VERSION_STRING",
     "Analysis",
     "AsyncJob",
+    "CacheStats",
     "IamMapping",
     "Kind",
     "LocalAnswer",
@@ -1929,5 +1976,7 @@ __all__ = [
     "WaitForJob",
     "analyze",
     "analyze_uncached",
+    "cache_clear",
+    "cache_stats",
     "setting_refusal",
 ]
