@@ -208,6 +208,11 @@ class TokenProvider:
         return self._source.blocking
 
     @property
+    def credentials_description(self) -> str:
+        """Where the credentials come from (never the credentials themselves)."""
+        return self._source.description
+
+    @property
     def current(self) -> MintedToken | None:
         return self._minted
 
@@ -387,6 +392,9 @@ class TokenProvider:
                 await asyncio.to_thread(self.refresh)
             else:
                 self.refresh()
+            task = self._task
+            if task is not None and not task.done() and task.get_loop() is loop:
+                return  # started by a concurrent caller while we minted
         stop = self._stop = threading.Event()
         self._task = loop.create_task(_task_loop(weakref.ref(self), stop))
         self._background = True

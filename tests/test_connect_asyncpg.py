@@ -1,0 +1,219 @@
+"""asyncpg against dsqlkit local: TLS context, direct TLS, pools with a maximum lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from typing import Any
+
+import asyncpg
+import pytest
+
+import dsqlkit
+from connect_support import WRONG, SwitchableCredentials, extra_endpoint, run_tasks
+from dsqlkit import asyncpg as da
+from dsqlkit.config import DsqlConfig
+from dsqlkit.errors import AuthenticationError, ConfigError
+from dsqlkit.local import LocalDSQL
+
+APP = f"dsqlkit/{dsqlkit.__version__}"
+
+
+def test_ssl_context_verifies_and_offers_alpn(dsql_local: LocalDSQL) -> None:
+    config = DsqlConfig.from_connection_string(dsql_local.url())
+    ctx = da.ssl_context(config)
+    assert isinstance(ctx, ssl.SSLContext)
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert da.ssl_context(config) is ctx  # cached: loading CAs costs milliseconds
+    kwargs = da._connect_kwargs(config)
+    assert kwargs["direct_tls"] is True
+    assert kwargs["server_settings"] == {"application_name": APP}
+    weak = da.ssl_context(config.with_params(sslmode="require"))
+    assert isinstance(weak, ssl.SSLContext) and weak.verify_mode == ssl.CERT_NONE
+    assert da.ssl_context(config.with_params(sslmode="disable")) is False
+    with pytest.raises(ConfigError, match="no equivalent of the libpq parameter 'keepalives'"):
+        da._connect_kwargs(config.with_params(keepalives=1))
+
+
+def test_parse_options() -> None:
+    assert da.parse_options("-c search_path=app -csearch_path2=x --work-mem=64MB") == {
+        "search_path": "app", "search_path2": "x", "work_mem": "64MB",
+    }
+    assert da.parse_options(r"-c application_name=a\ b") == {"application_name": "a b"}
+    with pytest.raises(ConfigError):
+        da.parse_options("search_path=app")
+
+
+async def test_connect_and_query(dsql_local: LocalDSQL) -> None:
+    conn = await da.connect(dsql_local.url(), credentials=dsql_local.credentials)
+    try:
+        row = await conn.fetchrow(
+            "SELECT 1 AS one, current_user AS u, current_setting('application_name') AS app"
+        )
+        assert tuple(row) == (1, "admin", APP)
+        assert conn.get_settings().application_name == APP
+    finally:
+        await conn.close()
+
+
+async def test_dsql_hostname_with_hostaddr_and_options(dsql_local: LocalDSQL) -> None:
+    url = (f"postgres://admin@{dsql_local.hostname}:{dsql_local.port}/postgres"
+           f"?hostaddr=127.0.0.1&sslrootcert={dsql_local.ca_path}"
+           "&options=-c%20search_path%3Dpublic&connect_timeout=5")
+    conn = await da.connect(url, credentials=dsql_local.credentials)
+    try:
+        assert await conn.fetchval("SHOW search_path") == "public"
+    finally:
+        await conn.close()
+
+
+async def test_the_certificate_is_verified(dsql_local: LocalDSQL) -> None:
+    url = f"postgres://admin@localhost:{dsql_local.port}/postgres?region={dsql_local.region}"
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await da.connect(url, credentials=dsql_local.credentials)
+
+
+async def test_wrong_credentials_give_a_clear_error(dsql_local: LocalDSQL) -> None:
+    with pytest.raises(AuthenticationError) as info:
+        await da.connect(dsql_local.url(), credentials=WRONG)
+    message = str(info.value)
+    assert "refused the IAM token for admin@localhost" in message
+    assert "security token included in the request is invalid" in message
+    assert WRONG.secret_key not in message
+    assert isinstance(info.value.__cause__, asyncpg.PostgresError)
+
+
+async def test_pool_under_concurrency(dsql_local: LocalDSQL) -> None:
+    async with da.create_pool(dsql_local.url(), credentials=dsql_local.credentials,
+                              min_size=2, max_size=6) as pool:
+        provider = pool.token_provider
+        assert provider.refreshing
+
+        async def work() -> None:
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT 42") == 42
+
+        (await run_tasks(work, seconds=1.5, workers=16)).check(minimum=100)
+        assert await pool.fetchval("SELECT 1") == 1  # the pool's own helpers go through us
+        conn = await pool.acquire()  # the awaitable form
+        await pool.release(conn)
+        assert pool.get_size() <= 6
+    assert not provider.refreshing
+
+
+async def test_pool_with_wrong_credentials(dsql_local: LocalDSQL) -> None:
+    pool = da.create_pool(dsql_local.url(), credentials=WRONG, min_size=1)
+    with pytest.raises(AuthenticationError):
+        await pool
+
+
+async def test_max_lifetime_retires_connections(dsql_local: LocalDSQL,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    async with da.create_pool(dsql_local.url(), credentials=dsql_local.credentials,
+                              min_size=1, max_size=1, max_lifetime=0.5) as pool:
+        first = await pool.fetchval("SELECT pg_backend_pid()")
+        assert await pool.fetchval("SELECT pg_backend_pid()") == first
+        await asyncio.sleep(0.6)
+        with caplog.at_level(logging.DEBUG, logger="dsqlkit.asyncpg"):
+            assert await pool.fetchval("SELECT pg_backend_pid()") != first
+        assert "retiring a pooled connection" in caplog.text
+
+
+async def test_three_second_tokens_keep_working(dsql_local: LocalDSQL) -> None:
+    opened: list[float] = []
+
+    async def init(conn: Any) -> None:
+        opened.append(time.monotonic())
+
+    async with da.create_pool(dsql_local.url(), credentials=dsql_local.credentials,
+                              token_duration_secs=3, min_size=2, max_size=4,
+                              max_lifetime=1.0, init=init) as pool:
+        t0 = time.monotonic()
+
+        async def work() -> None:
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+
+        (await run_tasks(work, seconds=10.5, workers=4, pause=0.005)).check(minimum=500)
+        assert any(t > t0 + 9.5 for t in opened)
+        assert len(opened) >= 12
+        assert pool.token_provider.mints >= 4
+
+
+async def test_refresh_failure_then_recovery(dsql_local: LocalDSQL,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    creds = SwitchableCredentials(dsql_local.credentials)
+    with caplog.at_level(logging.WARNING, logger="dsqlkit"):
+        async with da.create_pool(dsql_local.url(), credentials_provider=creds,
+                                  token_duration_secs=3, min_size=2, max_size=4,
+                                  max_lifetime=0.7) as pool:
+            provider = pool.token_provider
+            first = provider.current
+            assert first is not None
+
+            async def flip() -> None:
+                await asyncio.sleep(max(0.0, first.refresh_at - 0.2 - time.time()))
+                creds.failing = True
+                await asyncio.sleep(max(0.0, first.expires_at - 0.25 - time.time()))
+                creds.failing = False
+
+            async def work() -> None:
+                async with pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+
+            flipper = asyncio.ensure_future(flip())
+            (await run_tasks(work, seconds=5.0, workers=4, pause=0.005)).check(minimum=200)
+            await flipper
+            assert creds.failures >= 2
+            current = provider.current
+            assert current is not None and current.issued_at > first.issued_at
+    assert "refreshing the DSQL token for admin@localhost failed" in caplog.text
+    assert "X-Amz-Signature" not in caplog.text
+
+
+async def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
+    opened: list[float] = []
+
+    async def init(conn: Any) -> None:
+        opened.append(time.monotonic())
+
+    with extra_endpoint(dsql_local, max_connection_age=2.0) as ep:
+        async with da.create_pool(ep.url(), credentials=ep.credentials, min_size=4,
+                                  max_size=4, max_lifetime=2.0 * 55 / 60, init=init) as pool:
+            async def work() -> None:
+                async with pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+
+            (await run_tasks(work, seconds=8.0, workers=6)).check(minimum=500)
+            assert len(opened) >= 12
+
+
+async def test_connections_closed_by_the_server_are_replaced(dsql_local: LocalDSQL) -> None:
+    with extra_endpoint(dsql_local, max_connection_age=1.0) as ep:
+        async with da.create_pool(ep.url(), credentials=ep.credentials,
+                                  min_size=3, max_size=3) as pool:
+            before = {await pool.fetchval("SELECT pg_backend_pid()") for _ in range(3)}
+            await asyncio.sleep(1.6)
+            for _ in range(6):
+                async with pool.acquire() as conn:
+                    assert await conn.fetchval("SELECT pg_backend_pid()") not in before
+
+
+async def test_user_connection_class_and_setup(dsql_local: LocalDSQL) -> None:
+    class Mine(asyncpg.Connection):  # type: ignore[misc]
+        pass
+
+    calls: list[int] = []
+
+    async def setup(conn: Any) -> None:
+        calls.append(1)
+
+    async with da.create_pool(dsql_local.url(), credentials=dsql_local.credentials,
+                              min_size=1, max_size=1, connection_class=Mine,
+                              setup=setup) as pool:
+        async with pool.acquire() as conn:
+            assert isinstance(conn._con, Mine)
+        assert calls == [1]

@@ -1,0 +1,318 @@
+"""psycopg 3 (sync and async) against dsqlkit local: connections, pools, tokens, TLS, failures."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+import dsqlkit
+from connect_support import WRONG, SwitchableCredentials, extra_endpoint, run_tasks, run_threads
+from dsqlkit import psycopg as dp
+from dsqlkit.errors import AuthenticationError, ConfigError, CredentialsError
+from dsqlkit.local import LocalDSQL
+
+APP = f"dsqlkit/{dsqlkit.__version__}"
+
+
+def test_connect_and_query(dsql_local: LocalDSQL) -> None:
+    with dp.connect(dsql_local.url(), credentials=dsql_local.credentials) as conn:
+        row = conn.execute(
+            "SELECT 1, current_user, current_setting('application_name')"
+        ).fetchone()
+        assert row == (1, "admin", APP)
+        assert conn.pgconn.ssl_in_use
+        info = conn.info.get_parameters()
+        assert info["user"] == "admin" and info["dbname"] == "postgres"
+        assert info["sslmode"] == "verify-full"
+        # libpq >= 17: direct TLS, no SSLRequest round trip.
+        if psycopg.pq.version() >= 170000:
+            assert info.get("sslnegotiation") == "direct"
+
+
+def test_dsql_hostname_with_hostaddr(dsql_local: LocalDSQL) -> None:
+    # The token, SNI and certificate check use the DSQL name; the socket goes to hostaddr.
+    url = (f"postgres://admin@{dsql_local.hostname}:{dsql_local.port}/postgres"
+           f"?hostaddr=127.0.0.1&sslrootcert={dsql_local.ca_path}&application_name=orm")
+    with dp.connect(url, credentials=dsql_local.credentials) as conn:
+        assert conn.execute("SELECT current_setting('application_name')").fetchone() == (
+            f"orm:{APP}",
+        )
+
+
+def test_the_certificate_is_verified(dsql_local: LocalDSQL,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    # The system trust store does not know the local CA: verify-full must refuse.
+    url = f"postgres://admin@localhost:{dsql_local.port}/postgres?region={dsql_local.region}"
+    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+        dp.connect(url, credentials=dsql_local.credentials)
+    # Weakening TLS is possible, explicitly, and logged.
+    with caplog.at_level(logging.WARNING, logger="dsqlkit.config"), \
+            dp.connect(url, sslmode="require", credentials=dsql_local.credentials) as conn:
+        assert conn.pgconn.ssl_in_use
+    assert "sslmode=require weakens TLS" in caplog.text
+
+
+def test_environment_credentials(dsql_local: LocalDSQL, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in dsql_local.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    url = f"postgres://admin@localhost:{dsql_local.port}/postgres"  # CA via PGSSLROOTCERT
+    with dp.connect(url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_wrong_credentials_give_a_clear_error(dsql_local: LocalDSQL) -> None:
+    with pytest.raises(AuthenticationError) as info:
+        dp.connect(dsql_local.url(), credentials=WRONG)
+    message = str(info.value)
+    assert "refused the IAM token for admin@localhost" in message
+    assert "DbConnectAdmin" in message and "fixed credentials" in message
+    assert "security token included in the request is invalid" in message
+    assert WRONG.secret_key not in message and "X-Amz" not in message
+    assert isinstance(info.value.__cause__, psycopg.OperationalError)
+
+
+def test_unknown_parameters_are_refused(dsql_local: LocalDSQL) -> None:
+    with pytest.raises(ConfigError, match="unknown connection parameter 'autocomit'"):
+        dp.connect(dsql_local.url(), credentials=dsql_local.credentials, autocomit=True)
+
+
+def test_pool_under_concurrency(dsql_local: LocalDSQL) -> None:
+    with dp.create_pool(dsql_local.url(), credentials=dsql_local.credentials,
+                        min_size=2, max_size=6, kwargs={"autocommit": True}) as pool:
+        assert pool.max_lifetime == 3300 and pool.max_idle == 600
+
+        def work() -> None:
+            with pool.connection() as conn:
+                assert conn.execute("SELECT 42").fetchone() == (42,)
+
+        run_threads(work, seconds=1.5, workers=12).check(minimum=100)
+        assert pool.get_stats()["pool_size"] <= 6
+        provider = pool.token_provider
+        assert provider.refreshing
+    assert not provider.refreshing  # closing the pool stopped the refresh thread
+    assert provider._thread is None
+
+
+def _refreshers() -> int:
+    return sum(t.name.startswith("dsqlkit-token-refresh") for t in threading.enumerate())
+
+
+def test_pool_with_wrong_credentials_fails_fast(dsql_local: LocalDSQL) -> None:
+    before = _refreshers()
+    t0 = time.monotonic()
+    with pytest.raises(AuthenticationError, match="refused the IAM token"):
+        dp.create_pool(dsql_local.url(), credentials=WRONG, min_size=2)
+    assert time.monotonic() - t0 < 5
+    assert _refreshers() == before  # the failed pool closed and stopped its refresher
+
+
+def test_pool_with_missing_credentials_fails_at_open(dsql_local: LocalDSQL) -> None:
+    broken = SwitchableCredentials(dsql_local.credentials)
+    broken.failing = True
+    with pytest.raises(CredentialsError, match="credentials endpoint unavailable"):
+        dp.create_pool(dsql_local.url(), credentials_provider=broken)
+
+
+def test_three_second_tokens_keep_working(dsql_local: LocalDSQL) -> None:
+    opened: list[float] = []
+    with dp.create_pool(
+        dsql_local.url(), credentials=dsql_local.credentials, token_duration_secs=3,
+        min_size=2, max_size=4, max_lifetime=1.0, kwargs={"autocommit": True},
+        configure=lambda conn: opened.append(time.monotonic()),
+    ) as pool:
+        t0 = time.monotonic()
+
+        def work() -> None:
+            with pool.connection() as conn:
+                conn.execute("SELECT 1")
+
+        run_threads(work, seconds=10.5, workers=4, pause=0.005).check(minimum=500)
+        # Connections kept being opened -- with tokens minted well after the first expired.
+        assert any(t > t0 + 9.5 for t in opened), opened[-3:]
+        assert len(opened) >= 12
+        assert pool.token_provider.mints >= 4
+        assert "X-Amz-Expires=3&" in pool.token_provider.token()
+
+
+def test_refresh_failure_then_recovery(dsql_local: LocalDSQL,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    creds = SwitchableCredentials(dsql_local.credentials)
+    opened: list[float] = []
+    with caplog.at_level(logging.DEBUG, logger="dsqlkit"), dp.create_pool(
+        dsql_local.url(), credentials_provider=creds, token_duration_secs=3,
+        min_size=2, max_size=4, max_lifetime=0.7, kwargs={"autocommit": True},
+        configure=lambda conn: opened.append(time.time()),
+    ) as pool:
+        provider = pool.token_provider
+        first = provider.current
+        assert first is not None
+
+        def flip() -> None:
+            # Fail from just before the refresh point until just before the token expires.
+            time.sleep(max(0.0, first.refresh_at - 0.2 - time.time()))
+            creds.failing = True
+            time.sleep(max(0.0, first.expires_at - 0.25 - time.time()))
+            creds.failing = False
+
+        flipper = threading.Thread(target=flip)
+        flipper.start()
+
+        def work() -> None:
+            with pool.connection() as conn:
+                conn.execute("SELECT 1")
+
+        run_threads(work, seconds=5.0, workers=4, pause=0.005).check(minimum=200)
+        flipper.join()
+        assert creds.failures >= 2  # the refresh was attempted, and retried, while failing
+        current = provider.current
+        assert current is not None and current.issued_at > first.issued_at  # recovered
+        # Connections opened while refreshing failed used the still-valid old token.
+        assert any(first.refresh_at <= t < first.expires_at for t in opened)
+    assert "refreshing the DSQL token for admin@localhost failed" in caplog.text
+    assert "retrying in" in caplog.text
+    assert "X-Amz-Signature" not in caplog.text
+    assert dsql_local.credentials.secret_key not in caplog.text
+
+
+def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
+    # The endpoint cuts connections at 2 s, as DSQL does at 60 min; the pool's lifetime is
+    # scaled like the default (55 of 60 min): the pool retires connections first.
+    with extra_endpoint(dsql_local, max_connection_age=2.0) as ep, dp.create_pool(
+        ep.url(), credentials=ep.credentials, min_size=4, max_size=4,
+        max_lifetime=2.0 * 55 / 60, kwargs={"autocommit": True},
+    ) as pool:
+        def work() -> None:
+            with pool.connection() as conn:
+                conn.execute("SELECT 1")
+
+        run_threads(work, seconds=8.0, workers=6).check(minimum=500)
+        assert pool.get_stats()["connections_num"] >= 12  # every connection replaced, often
+
+
+def test_connections_closed_by_the_server_are_replaced(dsql_local: LocalDSQL,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    # Default lifetime (55 min): the server's 1 s cap closes idle pooled connections; the
+    # checkout check notices without a round trip and hands out fresh ones.
+    with extra_endpoint(dsql_local, max_connection_age=1.0) as ep, dp.create_pool(
+        ep.url(), credentials=ep.credentials, min_size=3, max_size=3,
+        kwargs={"autocommit": True},
+    ) as pool:
+        pids = set()
+        for _ in range(3):
+            with pool.connection() as conn:
+                pids.add(conn.info.backend_pid)
+        time.sleep(1.6)
+        with caplog.at_level(logging.DEBUG, logger="dsqlkit.psycopg"):
+            for _ in range(6):
+                with pool.connection() as conn:
+                    assert conn.execute("SELECT 1").fetchone() == (1,)
+                    assert conn.info.backend_pid not in pids
+        assert "replacing a pooled connection" in caplog.text
+
+
+def test_unusable_sees_a_server_close_without_a_round_trip(dsql_local: LocalDSQL) -> None:
+    with extra_endpoint(dsql_local, max_connection_age=0.5) as ep:
+        conn = dp.connect(ep.url(), credentials=ep.credentials, autocommit=True)
+        dp._watch(conn)
+        assert dp.unusable(conn) is None
+        time.sleep(1.0)
+        assert dp.unusable(conn) in ("closed by the server", "ended by the server")
+        conn.close()
+        assert dp.unusable(conn) == "closed"
+
+
+def test_max_lifetime_must_stay_below_dsqls_limit(dsql_local: LocalDSQL,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ConfigError, match="60-minute"):
+        dp.create_pool(dsql_local.url(), credentials=dsql_local.credentials,
+                       max_lifetime=None, open=False)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="dsqlkit._drivers"):
+        pool = dp.create_pool(dsql_local.url(), credentials=dsql_local.credentials,
+                              max_lifetime=3600, open=False)
+    assert "reaches DSQL's 60-minute connection limit" in caplog.text
+    assert pool.max_lifetime == 3600
+
+
+# -- async --------------------------------------------------------------------------------
+
+
+async def test_connect_async(dsql_local: LocalDSQL) -> None:
+    conn = await dp.connect_async(dsql_local.url(), credentials=dsql_local.credentials)
+    async with conn:
+        cur = await conn.execute("SELECT current_user, current_setting('application_name')")
+        assert await cur.fetchone() == ("admin", APP)
+        assert conn.pgconn.ssl_in_use
+
+
+async def test_connect_async_wrong_credentials(dsql_local: LocalDSQL) -> None:
+    with pytest.raises(AuthenticationError, match="security token included"):
+        await dp.connect_async(dsql_local.url(), credentials=WRONG)
+
+
+async def test_async_pool_under_concurrency(dsql_local: LocalDSQL) -> None:
+    pool = dp.create_async_pool(dsql_local.url(), credentials=dsql_local.credentials,
+                                min_size=2, max_size=6, kwargs={"autocommit": True})
+    async with pool:
+        provider = pool.token_provider
+        assert provider.refreshing and provider._task is not None
+
+        async def work() -> None:
+            async with pool.connection() as conn:
+                cur = await conn.execute("SELECT 7")
+                assert await cur.fetchone() == (7,)
+
+        (await run_tasks(work, seconds=1.5, workers=16)).check(minimum=100)
+        assert pool.get_stats()["pool_size"] <= 6
+    assert not provider.refreshing
+
+
+async def test_async_pool_wrong_credentials_fail_fast(dsql_local: LocalDSQL) -> None:
+    pool = dp.create_async_pool(dsql_local.url(), credentials=WRONG, min_size=1)
+    t0 = time.monotonic()
+    with pytest.raises(AuthenticationError):
+        await pool.open(wait=True)
+    assert time.monotonic() - t0 < 5
+    assert not pool.token_provider.refreshing
+
+
+async def test_async_three_second_tokens(dsql_local: LocalDSQL) -> None:
+    opened: list[float] = []
+
+    async def configure(conn: Any) -> None:
+        opened.append(time.monotonic())
+
+    pool = dp.create_async_pool(
+        dsql_local.url(), credentials=dsql_local.credentials, token_duration_secs=3,
+        min_size=2, max_size=4, max_lifetime=1.0, kwargs={"autocommit": True},
+        configure=configure,
+    )
+    async with pool:
+        t0 = time.monotonic()
+
+        async def work() -> None:
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1")
+
+        (await run_tasks(work, seconds=10.5, workers=4, pause=0.005)).check(minimum=500)
+        assert any(t > t0 + 9.5 for t in opened)
+        assert pool.token_provider.mints >= 4
+
+
+async def test_async_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
+    with extra_endpoint(dsql_local, max_connection_age=2.0) as ep:
+        pool = dp.create_async_pool(ep.url(), credentials=ep.credentials, min_size=4,
+                                    max_size=4, max_lifetime=2.0 * 55 / 60,
+                                    kwargs={"autocommit": True})
+        async with pool:
+            async def work() -> None:
+                async with pool.connection() as conn:
+                    await conn.execute("SELECT 1")
+
+            (await run_tasks(work, seconds=6.0, workers=6)).check(minimum=300)
+            assert pool.get_stats()["connections_num"] >= 10

@@ -1,0 +1,187 @@
+"""psycopg2 against dsqlkit local: connections and the thread-safe, lifetime-aware pool."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import psycopg2
+import pytest
+
+import dsqlkit
+from connect_support import WRONG, SwitchableCredentials, extra_endpoint, run_threads
+from dsqlkit import psycopg2 as d2
+from dsqlkit.errors import AuthenticationError, ConfigError, PoolTimeout
+from dsqlkit.local import LocalDSQL
+
+APP = f"dsqlkit/{dsqlkit.__version__}"
+
+
+def _one(conn: d2.Connection, sql: str) -> object:
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        row = cur.fetchone()
+        assert row is not None
+        return row[0]
+
+
+def test_connect_and_query(dsql_local: LocalDSQL) -> None:
+    conn = d2.connect(dsql_local.url(), credentials=dsql_local.credentials)
+    try:
+        assert _one(conn, "SELECT current_setting('application_name')") == APP
+        params = conn.get_dsn_parameters()
+        assert params["sslmode"] == "verify-full"
+        if psycopg2.extensions.libpq_version() >= 170000:
+            assert params.get("sslnegotiation") == "direct"
+    finally:
+        conn.close()
+
+
+def test_wrong_credentials_give_a_clear_error(dsql_local: LocalDSQL) -> None:
+    with pytest.raises(AuthenticationError, match="refused the IAM token") as info:
+        d2.connect(dsql_local.url(), credentials=WRONG)
+    assert isinstance(info.value.__cause__, psycopg2.OperationalError)
+    assert WRONG.secret_key not in str(info.value)
+
+
+def test_pool_under_concurrency(dsql_local: LocalDSQL) -> None:
+    with d2.create_pool(dsql_local.url(), credentials=dsql_local.credentials,
+                        min_size=2, max_size=6) as pool:
+        assert pool.size == 2
+        provider = pool.token_provider
+        assert provider.refreshing
+
+        def work() -> None:
+            with pool.connection() as conn:
+                assert _one(conn, "SELECT 42") == 42
+
+        run_threads(work, seconds=1.5, workers=12).check(minimum=100)
+        assert pool.size <= 6
+    assert pool.closed and not provider.refreshing
+
+
+def test_pool_timeout_and_misuse(dsql_local: LocalDSQL) -> None:
+    with d2.create_pool(dsql_local.url(), credentials=dsql_local.credentials,
+                        min_size=0, max_size=1, timeout=0.2) as pool:
+        conn = pool.getconn()
+        t0 = time.monotonic()
+        with pytest.raises(PoolTimeout, match="max_size=1"):
+            pool.getconn()
+        assert 0.15 < time.monotonic() - t0 < 2
+        pool.putconn(conn)
+        with pytest.raises(ConfigError, match="did not hand out"):
+            pool.putconn(conn)
+    with pytest.raises(ConfigError, match="pool is closed"):
+        pool.getconn()
+
+
+def test_transactions_are_committed_or_rolled_back(dsql_local: LocalDSQL) -> None:
+    with d2.create_pool(dsql_local.url(), credentials=dsql_local.credentials,
+                        min_size=1, max_size=1) as pool:
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS dsqlkit_pg2 (id int PRIMARY KEY)")
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM dsqlkit_pg2")
+        with pytest.raises(RuntimeError), pool.connection() as conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO dsqlkit_pg2 VALUES (1)")
+            raise RuntimeError("abort")
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO dsqlkit_pg2 VALUES (2)")
+        with pool.connection() as conn:
+            assert _one(conn, "SELECT array_agg(id) FROM dsqlkit_pg2") == [2]
+        # A connection returned mid-transaction is rolled back.
+        conn = pool.getconn()
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO dsqlkit_pg2 VALUES (3)")
+        pool.putconn(conn)
+        conn = pool.getconn()
+        assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        assert _one(conn, "SELECT count(*) FROM dsqlkit_pg2") == 1
+        conn.rollback()
+        pool.putconn(conn)
+
+
+def test_three_second_tokens_keep_working(dsql_local: LocalDSQL) -> None:
+    with d2.create_pool(dsql_local.url(), credentials=dsql_local.credentials,
+                        token_duration_secs=3, min_size=2, max_size=4,
+                        max_lifetime=1.0) as pool:
+        def work() -> None:
+            with pool.connection() as conn:
+                _one(conn, "SELECT 1")
+
+        run_threads(work, seconds=10.5, workers=4, pause=0.005).check(minimum=500)
+        assert pool.replaced >= 12  # connections kept being retired and reopened
+        assert pool.token_provider.mints >= 4
+        conn = d2.connect(pool.config, token_provider=pool.token_provider)
+        conn.close()
+
+
+def test_refresh_failure_then_recovery(dsql_local: LocalDSQL,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    creds = SwitchableCredentials(dsql_local.credentials)
+    with caplog.at_level(logging.WARNING, logger="dsqlkit"), d2.create_pool(
+        dsql_local.url(), credentials_provider=creds, token_duration_secs=3,
+        min_size=2, max_size=4, max_lifetime=0.7,
+    ) as pool:
+        first = pool.token_provider.current
+        assert first is not None
+
+        def flip() -> None:
+            time.sleep(max(0.0, first.refresh_at - 0.2 - time.time()))
+            creds.failing = True
+            time.sleep(max(0.0, first.expires_at - 0.25 - time.time()))
+            creds.failing = False
+
+        flipper = threading.Thread(target=flip)
+        flipper.start()
+
+        def work() -> None:
+            with pool.connection() as conn:
+                _one(conn, "SELECT 1")
+
+        run_threads(work, seconds=5.0, workers=4, pause=0.005).check(minimum=200)
+        flipper.join()
+        assert creds.failures >= 2
+        current = pool.token_provider.current
+        assert current is not None and current.issued_at > first.issued_at
+    assert "refreshing the DSQL token for admin@localhost failed" in caplog.text
+    assert "X-Amz-Signature" not in caplog.text
+
+
+def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
+    with extra_endpoint(dsql_local, max_connection_age=2.0) as ep, d2.create_pool(
+        ep.url(), credentials=ep.credentials, min_size=4, max_size=4,
+        max_lifetime=2.0 * 55 / 60,
+    ) as pool:
+        def work() -> None:
+            with pool.connection() as conn:
+                _one(conn, "SELECT 1")
+
+        run_threads(work, seconds=8.0, workers=6).check(minimum=500)
+        assert pool.replaced >= 8
+
+
+def test_connections_closed_by_the_server_are_replaced(dsql_local: LocalDSQL) -> None:
+    with extra_endpoint(dsql_local, max_connection_age=1.0) as ep, d2.create_pool(
+        ep.url(), credentials=ep.credentials, min_size=3, max_size=3,
+    ) as pool:
+        conns = [pool.getconn() for _ in range(3)]
+        pids = {c.get_backend_pid() for c in conns}
+        for c in conns:
+            pool.putconn(c)
+        time.sleep(1.6)
+        for _ in range(6):
+            with pool.connection() as conn:
+                assert conn.get_backend_pid() not in pids
+        assert pool.replaced >= 3
+
+
+def test_unusable_sees_a_server_close(dsql_local: LocalDSQL) -> None:
+    with extra_endpoint(dsql_local, max_connection_age=0.5) as ep:
+        conn = d2.connect(ep.url(), credentials=ep.credentials)
+        assert d2.unusable(conn) is None
+        time.sleep(1.0)
+        assert d2.unusable(conn) in ("closed by the server", "ended by the server")
+        conn.close()
+        assert d2.unusable(conn) == "closed"
