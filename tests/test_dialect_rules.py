@@ -247,6 +247,9 @@ def test_set_local_role_needs_a_block() -> None:
     set_role = s("SET LOCAL role app")
     assert rules.check(set_role).refusal == Refusal(
         "0A000", 'setting configuration parameter "role" not supported')
+    rules.begin_batch()
+    assert rules.check(set_role).refusal is not None
+    rules.end_batch()
     run(rules, BEGIN)
     assert run(rules, set_role) is None
 

@@ -1628,7 +1628,7 @@ def _scan_tree(root: ast.Node, f: _Facts) -> list[_Rewrite]:
     if f.kind == "select" and f.dml_cte:
         f.kind = "dml"
         f.writes_rows = True
-    if f.kind in ("select", "dml") or f.explain_analyze:
+    if f.kind in ("select", "dml") or f.explain_analyze or isinstance(root, ast.DeclareCursorStmt):
         if LockClauseStrength.LCS_FORUPDATE in strengths:
             f.locking = "for_update"
         elif LockClauseStrength.LCS_FORKEYSHARE in strengths:
@@ -1872,7 +1872,7 @@ class TransactionRules:
             refusal = stmt.refusal_if_waived
         if refusal is not None:
             return self._fail(refusal)
-        if stmt.set_param == "role" and stmt.is_local and self._mode == _IDLE:
+        if stmt.set_param == "role" and stmt.is_local and self._mode != _BLOCK:
             # DSQL only accepts SET LOCAL role inside a transaction block.
             return self._fail(_f('setting configuration parameter "role" not supported'))
         if stmt.is_ddl:
