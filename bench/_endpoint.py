@@ -1,5 +1,8 @@
-"""Start ``dsqlkit local`` in its own process for benchmarks, so that the endpoint and the
-load generator do not share one interpreter (and one GIL)."""
+"""A ``dsqlkit local`` endpoint in its own process, for benchmarks.
+
+In its own process so that the endpoint's work (TLS, proxying) does not compete for the
+benchmark's GIL.
+"""
 
 from __future__ import annotations
 
@@ -12,48 +15,55 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dsqlkit.auth import sigv4
+BASELINE_PYTHON = os.environ.get("DSQLKIT_BASELINE_PYTHON", "/work/venv-baseline/bin/python")
+BASELINE_HINT = (
+    "the official connector is not installed; for the comparison run:\n"
+    "  python -m venv /work/venv-baseline && "
+    "/work/venv-baseline/bin/pip install 'aurora-dsql-python-connector[psycopg]'"
+)
 
 
-class Endpoint:
-    def __init__(self, info: dict[str, Any], proc: subprocess.Popen[str]) -> None:
-        self.info = info
-        self.proc = proc
-        env = info["env"]
-        self.credentials = sigv4.Credentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
-        self.port = info["port"]
-        self.region = info["region"]
-        self.ca_path = info["ca_path"]
-        self.backend_url = info["backend_url"]
-        self.pid = proc.pid
+def baseline_available() -> bool:
+    if not os.path.exists(BASELINE_PYTHON):
+        return False
+    probe = subprocess.run([BASELINE_PYTHON, "-c", "import aurora_dsql_psycopg"],
+                           capture_output=True)
+    return probe.returncode == 0
 
-    def token(self, user: str = "admin") -> str:
-        return sigv4.presign_token("localhost", self.region, self.credentials,
-                                   action=sigv4.action_for_user(user))
 
-    def dsn(self, user: str = "admin", **extra: object) -> str:
-        params: dict[str, object] = {
-            "host": "localhost", "port": self.port, "user": user, "dbname": "postgres",
-            "sslmode": "verify-full", "sslrootcert": self.ca_path, "password": self.token(user)}
-        params.update(extra)
-        return " ".join(f"{k}={v}" for k, v in params.items())
-
-    def backend_dsn(self) -> str:
-        return self.backend_url
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A clean environment: no AWS settings from the caller, bytecode caching on."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "PG")) and k != "PYTHONDONTWRITEBYTECODE"}
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    env.update(extra or {})
+    return env
 
 
 @contextmanager
-def endpoint(*args: str) -> Iterator[Endpoint]:
+def local_endpoint(*args: str) -> Iterator[dict[str, Any]]:
+    """Start ``dsqlkit local --ephemeral --port 0 --json``; yield its JSON description."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dsqlkit", "local", "--ephemeral", "--port", "0", "--json", *args],
-        stdout=subprocess.PIPE, text=True, env={**os.environ},
+        [sys.executable, "-m", "dsqlkit", "local", "--ephemeral", "--port", "0", "--json",
+         *args],
+        stdout=subprocess.PIPE, text=True, env=child_env(),
     )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError("dsqlkit local did not start")
-        yield Endpoint(json.loads(line), proc)
+        yield json.loads(line)
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def fmt_us(seconds: float) -> str:
+    us = seconds * 1e6
+    if us >= 10_000:
+        return f"{us / 1000:8.1f} ms"
+    return f"{us:8.2f} µs"

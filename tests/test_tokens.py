@@ -302,3 +302,22 @@ def test_repr_hides_the_token() -> None:
     provider = TokenProvider(HOST, "us-east-1", credentials=CREDS)
     token = provider.token()
     assert token not in repr(provider) and CREDS.secret_key not in repr(provider)
+
+
+def test_shared_providers_serve_one_off_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dsqlkit.config import DsqlConfig
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", CREDS.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", CREDS.secret_key)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    config = DsqlConfig.from_connection_string(f"postgres://admin@{HOST}/postgres")
+    provider = TokenProvider.shared(config)
+    assert TokenProvider.shared(DsqlConfig.from_connection_string(HOST)) is provider
+    assert TokenProvider.shared(config.with_params(user="app")) is not provider
+    token = provider.token()
+    assert provider.token() is token and provider.mints == 1
+    # New keys in the environment: the cached token is not reused, the new keys sign.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDROTATED")
+    rotated = provider.token()
+    assert rotated != token and "AKIDROTATED%2F" in rotated
+    assert provider.token() is rotated

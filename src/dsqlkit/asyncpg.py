@@ -204,10 +204,15 @@ def _connect_kwargs(config: DsqlConfig) -> dict[str, Any]:
 
 def _prepare(
     conninfo: str | DsqlConfig, params: dict[str, Any], token_provider: TokenProvider | None,
+    *, shared: bool = True,
 ) -> tuple[DsqlConfig, TokenProvider, dict[str, Any]]:
     config_params, driver = split_kwargs(params, _CONNECT_KEYS)
     config = resolve_config(conninfo, config_params)
-    provider = token_provider or TokenProvider.from_config(config)
+    # One-off connections share a process-wide cached token; a pool gets its own provider,
+    # whose background refresh lives and dies with the pool.
+    provider = token_provider or (
+        TokenProvider.shared(config) if shared else TokenProvider.from_config(config)
+    )
     kwargs = _connect_kwargs(config)
     extra_settings = driver.pop("server_settings", None)
     if extra_settings:
@@ -388,7 +393,7 @@ def create_pool(
     (default 10 min) retire connections before DSQL's 60-minute limit.
     """
     pool_kwargs = {k: params.pop(k) for k in list(params) if k in _POOL_KEYS}
-    config, provider, kwargs = _prepare(conninfo, params, token_provider)
+    config, provider, kwargs = _prepare(conninfo, params, token_provider, shared=False)
     if "connection_class" in kwargs or "record_class" in kwargs:
         raise ConfigError("pass connection_class and record_class as pool arguments")
     return Pool(

@@ -56,10 +56,15 @@ if tuple(int(p) for p in _pool_version.split(".")[:2] if p.isdigit()) < (3, 3):
 
 def _prepare(
     conninfo: str | DsqlConfig, params: dict[str, Any], token_provider: TokenProvider | None,
+    *, shared: bool = True,
 ) -> tuple[DsqlConfig, TokenProvider, dict[str, Any]]:
     config_params, driver = split_kwargs(params, _CONNECT_KEYS)
     config = resolve_config(conninfo, config_params)
-    provider = token_provider or TokenProvider.from_config(config)
+    # One-off connections share a process-wide cached token; a pool gets its own provider,
+    # whose background refresh lives and dies with the pool.
+    provider = token_provider or (
+        TokenProvider.shared(config) if shared else TokenProvider.from_config(config)
+    )
     return config, provider, driver
 
 
@@ -346,7 +351,7 @@ def _pool_args(
     pool_kwargs = {k: params.pop(k) for k in list(params) if k in _POOL_KEYS}
     pool_kwargs.setdefault("max_idle", MAX_IDLE)
     pool_kwargs["max_lifetime"] = check_lifetime(max_lifetime)
-    config, provider, driver = _prepare(conninfo, params, token_provider)
+    config, provider, driver = _prepare(conninfo, params, token_provider, shared=False)
     driver.update(kwargs or {})
     for key in ("password", "host", "user", "dbname"):
         if key in driver:

@@ -53,10 +53,15 @@ Connection = psycopg2.extensions.connection
 
 def _prepare(
     conninfo: str | DsqlConfig, params: dict[str, Any], token_provider: TokenProvider | None,
+    *, shared: bool = True,
 ) -> tuple[DsqlConfig, TokenProvider, dict[str, Any]]:
     config_params, driver = split_kwargs(params, _CONNECT_KEYS)
     config = resolve_config(conninfo, config_params)
-    provider = token_provider or TokenProvider.from_config(config)
+    # One-off connections share a process-wide cached token; a pool gets its own provider,
+    # whose background refresh lives and dies with the pool.
+    provider = token_provider or (
+        TokenProvider.shared(config) if shared else TokenProvider.from_config(config)
+    )
     return config, provider, {**config.libpq_params(None, libpq_version=_libpq_version),
                               **driver}
 
@@ -328,7 +333,7 @@ def create_pool(
 
     ``params`` are connection parameters as for :func:`connect`.
     """
-    config, provider, kwargs = _prepare(conninfo, params, token_provider)
+    config, provider, kwargs = _prepare(conninfo, params, token_provider, shared=False)
     pool = Pool(config, provider, kwargs, min_size=min_size, max_size=max_size,
                 max_lifetime=max_lifetime, max_idle=max_idle, timeout=timeout)
     if open:

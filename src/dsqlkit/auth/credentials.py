@@ -67,6 +67,11 @@ class CredentialSource:
     def load(self) -> LoadedCredentials:
         raise NotImplementedError
 
+    def fingerprint(self) -> object:
+        """A cheap identity of the credentials a load would return now, or None if that
+        cannot be known without loading. A token cache re-mints when it changes."""
+        return None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.description}>"
 
@@ -79,6 +84,10 @@ class EnvCredentialSource(CredentialSource):
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
+
+    def fingerprint(self) -> object:
+        env = self._environ
+        return (env.get(ENV_ACCESS_KEY), env.get(ENV_SECRET_KEY), env.get(ENV_SESSION_TOKEN))
 
     def load(self) -> LoadedCredentials:
         env = self._environ

@@ -118,17 +118,20 @@ class RefreshPolicy:
 class MintedToken:
     """One minted token and its schedule (epoch seconds). The repr never shows the token."""
 
-    __slots__ = ("expires_at", "issued_at", "refresh_at", "token", "usable_until")
+    __slots__ = ("expires_at", "fingerprint", "issued_at", "refresh_at", "token",
+                 "usable_until")
 
     def __init__(
         self, token: str, issued_at: float, expires_at: float, refresh_at: float,
-        usable_until: float,
+        usable_until: float, fingerprint: object = None,
     ) -> None:
         self.token = token
         self.issued_at = issued_at
         self.expires_at = expires_at
         self.refresh_at = refresh_at
         self.usable_until = usable_until
+        # What the credentials source looked like when this token was signed.
+        self.fingerprint = fingerprint
 
     def __repr__(self) -> str:
         return (
@@ -197,6 +200,17 @@ class TokenProvider:
             **kwargs,
         )
 
+    @classmethod
+    def shared(cls, config: DsqlConfig) -> TokenProvider:
+        """The process-wide provider for ``config``, for one-off connections: repeated
+        ``connect()`` calls reuse its cached token (minted inline, no background refresh)."""
+        provider = _SHARED.get(config)
+        if provider is None:
+            if len(_SHARED) >= _SHARED_MAX:
+                _SHARED.clear()
+            provider = _SHARED.setdefault(config, cls.from_config(config))
+        return provider
+
     def __repr__(self) -> str:
         return (
             f"<TokenProvider {self.user}@{self.hostname} region={self.region} "
@@ -219,6 +233,7 @@ class TokenProvider:
     # -- minting ------------------------------------------------------------------------
 
     def _mint(self) -> MintedToken:
+        fingerprint = self._source.fingerprint()
         loaded: LoadedCredentials = self._source.load()
         creds = loaded.credentials
         issued = float(int(self._clock()))
@@ -247,6 +262,7 @@ class TokenProvider:
             expires_at=expires,
             refresh_at=p.refresh_at(issued, expires),
             usable_until=p.usable_until(issued, expires),
+            fingerprint=fingerprint,
         )
         self._minted = minted
         self.mints += 1
@@ -268,6 +284,8 @@ class TokenProvider:
         m = self._minted
         if m is None:
             return None
+        if m.fingerprint is not None and m.fingerprint != self._source.fingerprint():
+            return None  # e.g. new keys in the environment: sign with those
         now = self._clock()
         if now < m.refresh_at or (self._background and now < m.usable_until):
             return m.token
@@ -427,6 +445,11 @@ class TokenProvider:
                 await task
             except asyncio.CancelledError:
                 pass
+
+
+# TokenProvider.shared(): one provider per DsqlConfig, bounded.
+_SHARED: dict[DsqlConfig, TokenProvider] = {}
+_SHARED_MAX = 64
 
 
 def _thread_loop(ref: weakref.ref[TokenProvider], stop: threading.Event) -> None:
