@@ -116,6 +116,11 @@ class LocalDSQL:
         connection_rate: float = 100.0,
         connection_burst: int = 1000,
         max_connection_age: float = 3600.0,
+        occ_mode: str = "commit",
+        lock_timeout: float = 0.5,
+        schema_conflicts: bool = True,
+        inject: Mapping[str, float] | str | None = None,
+        seed: int | None = None,
         use_uvloop: bool = True,
     ) -> None:
         if ephemeral and data_dir is not None:
@@ -137,6 +142,16 @@ class LocalDSQL:
         self.connection_rate = connection_rate
         self.connection_burst = connection_burst
         self.max_connection_age = max_connection_age
+        if occ_mode not in ("commit", "statement", "off"):
+            raise LocalEndpointError(
+                f"occ_mode must be 'commit', 'statement' or 'off', not {occ_mode!r}")
+        self.occ_mode = occ_mode
+        self.lock_timeout = lock_timeout
+        self.schema_conflicts = schema_conflicts
+        from dsqlkit.local.faults import parse_spec
+
+        self.inject = parse_spec(inject) if isinstance(inject, str) else dict(inject or {})
+        self.seed = seed
         self.use_uvloop = use_uvloop
         self.port = 0
         self.state: EndpointState | None = None
@@ -323,6 +338,7 @@ class LocalDSQL:
         self._server = server
 
     def build_server(self) -> Any:
+        from dsqlkit.local.faults import Faults
         from dsqlkit.local.server import EndpointConfig, Server
         from dsqlkit.local.tls import TLSFiles, server_context
 
@@ -337,6 +353,10 @@ class LocalDSQL:
             connection_rate=self.connection_rate,
             connection_burst=self.connection_burst,
             max_connection_age=self.max_connection_age,
+            occ_mode=self.occ_mode,
+            lock_timeout=self.lock_timeout,
+            schema_conflicts=self.schema_conflicts,
+            faults=Faults(self.inject, self.seed),
         )
         return Server(config, server_context(files), lambda: self._address)
 

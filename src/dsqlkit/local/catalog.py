@@ -1,5 +1,17 @@
-"""Objects the endpoint keeps in the backend database: the ``admin`` role and DSQL's ``sys``
-schema. Created idempotently at every start, so an old data directory is upgraded in place.
+"""Objects the endpoint keeps in the backend database: the ``admin`` role, DSQL's ``sys``
+schema, and the triggers that enforce DSQL's per-transaction limits inside PostgreSQL.
+
+The limits live in the backend, not in the proxy, because only the backend can refuse the
+statement that crosses a limit atomically, including in autocommit mode where the proxy
+would otherwise see the row count only after the rows were committed:
+
+* every user table gets three statement-level triggers (INSERT, UPDATE, DELETE) that add
+  the rows the statement changed, and their size, to transaction-local settings; DSQL caps
+  a transaction at 3,000 changed rows (54000 at the crossing statement);
+* the first time a transaction's changes pass 10 MiB it queues a deferred constraint
+  trigger, so the error comes at COMMIT, where DSQL reports it.
+
+Created idempotently at every start, so an older data directory is upgraded in place.
 """
 
 from __future__ import annotations
@@ -13,6 +25,12 @@ from dsqlkit.local.backend import BackendAddress
 
 log = logging.getLogger(__name__)
 
+ROW_LIMIT = 3000
+SIZE_LIMIT = 10 * 1024 * 1024
+CATALOG_VERSION = "3"
+
+_TRIGGERS = ("dsqlkit_limits_insert", "dsqlkit_limits_update", "dsqlkit_limits_delete")
+
 BOOTSTRAP = [
     # DSQL's built-in admin role; every session of user admin runs as it.
     """DO $$ BEGIN
@@ -21,6 +39,109 @@ BOOTSTRAP = [
          END IF;
        END $$""",
     "CREATE SCHEMA IF NOT EXISTS sys AUTHORIZATION admin",
+    "GRANT USAGE ON SCHEMA sys TO PUBLIC",
+    # One row per transaction that passed the size limit; the deferred trigger on it fires at
+    # COMMIT. The row never survives: the trigger fails the commit that would keep it.
+    """CREATE TABLE IF NOT EXISTS sys.dsqlkit_oversize (
+         txid xid8 PRIMARY KEY DEFAULT pg_current_xact_id(),
+         megabytes bigint NOT NULL)""",
+    """CREATE OR REPLACE FUNCTION sys.dsqlkit_oversize_at_commit() RETURNS trigger
+       LANGUAGE plpgsql AS $$
+       BEGIN
+         RAISE EXCEPTION USING ERRCODE = '54000',
+           MESSAGE = 'transaction size limit 10mb exceeded',
+           DETAIL = format('Current transaction size %smb > 10mb', NEW.megabytes);
+       END $$""",
+    """DO $$ BEGIN
+         IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgname = 'dsqlkit_oversize_check') THEN
+           CREATE CONSTRAINT TRIGGER dsqlkit_oversize_check AFTER INSERT
+             ON sys.dsqlkit_oversize DEFERRABLE INITIALLY DEFERRED
+             FOR EACH ROW EXECUTE FUNCTION sys.dsqlkit_oversize_at_commit();
+         END IF;
+       END $$""",
+    # Owned by the superuser and SECURITY DEFINER so that any role may record an oversize
+    # transaction without privileges on sys.
+    """CREATE OR REPLACE FUNCTION sys.dsqlkit_count(changed bigint, bytes bigint) RETURNS void
+       LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+       DECLARE
+         n bigint := coalesce(nullif(current_setting('dsqlkit.rows', true), ''), '0')::bigint
+                     + changed;
+         b bigint := coalesce(nullif(current_setting('dsqlkit.bytes', true), ''), '0')::bigint
+                     + bytes;
+       BEGIN
+         IF n > """ + str(ROW_LIMIT) + """ THEN
+           RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = 'transaction row limit exceeded';
+         END IF;
+         PERFORM set_config('dsqlkit.rows', n::text, true);
+         PERFORM set_config('dsqlkit.bytes', b::text, true);
+         IF b > """ + str(SIZE_LIMIT) + """
+            AND coalesce(current_setting('dsqlkit.oversize', true), '') = '' THEN
+           PERFORM set_config('dsqlkit.oversize', 'on', true);
+           INSERT INTO sys.dsqlkit_oversize (megabytes) VALUES (ceil(b / 1048576.0)::bigint);
+         ELSIF b > """ + str(SIZE_LIMIT) + """ THEN
+           UPDATE sys.dsqlkit_oversize SET megabytes = ceil(b / 1048576.0)::bigint
+             WHERE txid = pg_current_xact_id();
+         END IF;
+       END $$""",
+    """CREATE OR REPLACE FUNCTION sys.dsqlkit_count_new() RETURNS trigger
+       LANGUAGE plpgsql AS $$
+       BEGIN
+         PERFORM sys.dsqlkit_count(
+           (SELECT count(*) FROM dsqlkit_new),
+           (SELECT coalesce(sum(pg_column_size(t.*)), 0) FROM dsqlkit_new t));
+         RETURN NULL;
+       END $$""",
+    """CREATE OR REPLACE FUNCTION sys.dsqlkit_count_old() RETURNS trigger
+       LANGUAGE plpgsql AS $$
+       BEGIN
+         PERFORM sys.dsqlkit_count(
+           (SELECT count(*) FROM dsqlkit_old),
+           (SELECT coalesce(sum(pg_column_size(t.*)), 0) FROM dsqlkit_old t));
+         RETURN NULL;
+       END $$""",
+    """CREATE OR REPLACE FUNCTION sys.dsqlkit_add_limit_triggers(rel regclass) RETURNS void
+       LANGUAGE plpgsql AS $$
+       BEGIN
+         IF NOT EXISTS (SELECT FROM pg_trigger
+                        WHERE tgrelid = rel AND tgname = 'dsqlkit_limits_insert') THEN
+           EXECUTE format('CREATE TRIGGER dsqlkit_limits_insert AFTER INSERT ON %s '
+             'REFERENCING NEW TABLE AS dsqlkit_new FOR EACH STATEMENT '
+             'EXECUTE FUNCTION sys.dsqlkit_count_new()', rel);
+           EXECUTE format('CREATE TRIGGER dsqlkit_limits_update AFTER UPDATE ON %s '
+             'REFERENCING NEW TABLE AS dsqlkit_new FOR EACH STATEMENT '
+             'EXECUTE FUNCTION sys.dsqlkit_count_new()', rel);
+           EXECUTE format('CREATE TRIGGER dsqlkit_limits_delete AFTER DELETE ON %s '
+             'REFERENCING OLD TABLE AS dsqlkit_old FOR EACH STATEMENT '
+             'EXECUTE FUNCTION sys.dsqlkit_count_old()', rel);
+         END IF;
+       END $$""",
+    """CREATE OR REPLACE FUNCTION sys.dsqlkit_on_create_table() RETURNS event_trigger
+       LANGUAGE plpgsql AS $$
+       DECLARE obj record;
+       BEGIN
+         FOR obj IN SELECT * FROM pg_event_trigger_ddl_commands()
+                    WHERE object_type = 'table'
+                      AND schema_name NOT IN ('sys', 'pg_catalog', 'information_schema')
+                      AND schema_name NOT LIKE 'pg_temp%' LOOP
+           PERFORM sys.dsqlkit_add_limit_triggers(obj.objid::regclass);
+         END LOOP;
+       END $$""",
+    """DO $$ BEGIN
+         IF NOT EXISTS (SELECT FROM pg_event_trigger WHERE evtname = 'dsqlkit_limits') THEN
+           CREATE EVENT TRIGGER dsqlkit_limits ON ddl_command_end
+             WHEN TAG IN ('CREATE TABLE')
+             EXECUTE FUNCTION sys.dsqlkit_on_create_table();
+         END IF;
+       END $$""",
+    # Tables created before this catalog version (or through --backend-url) get them too.
+    """DO $$ DECLARE r record; BEGIN
+         FOR r IN SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.relkind = 'r'
+                    AND n.nspname NOT IN ('sys', 'pg_catalog', 'information_schema')
+                    AND n.nspname NOT LIKE 'pg_%' LOOP
+           PERFORM sys.dsqlkit_add_limit_triggers(r.oid::regclass);
+         END LOOP;
+       END $$""",
 ]
 
 

@@ -8,37 +8,99 @@ import signal
 import sys
 import time
 
-from dsqlkit.errors import LocalEndpointError
+from dsqlkit.errors import ConfigError, LocalEndpointError
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=int, default=None,
-                   help="TCP port (default 5432 when free, else a free port, which is printed)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="TCP port (default 5432 when free, else a free port, which is printed)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--region", default="us-east-1", help="the endpoint's AWS region")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--data-dir", default=None,
-                   help="keep data, CA and key pair here (default: a per-user state directory)")
-    g.add_argument("--ephemeral", action="store_true",
-                   help="use a temporary data directory, removed on exit")
-    p.add_argument("--backend", choices=["auto", "pgserver", "system"], default="auto",
-                   help="PostgreSQL to run: the embedded pgserver build or the system's")
-    p.add_argument("--backend-url", default=None,
-                   help="front an existing PostgreSQL (postgresql://user:pw@host:port/db)")
-    p.add_argument("--profile", default=None,
-                   help="trust this AWS profile's keys instead of the generated key pair")
-    p.add_argument("--max-connections", type=int, default=1000,
-                   help="open connections before 53300 (default 1000)")
-    p.add_argument("--connection-rate", type=float, default=100.0,
-                   help="new connections per second before 53400 (default 100)")
-    p.add_argument("--connection-burst", type=int, default=1000,
-                   help="burst of new connections (default 1000)")
-    p.add_argument("--max-connection-age", type=float, default=3600.0,
-                   help="seconds before a session is closed, as DSQL does after 60 min")
-    p.add_argument("--json", action="store_true",
-                   help="print the connection details as one JSON line (for scripts)")
-    p.add_argument("--smoke", action="store_true",
-                   help="start, connect over TLS with an IAM token, run a query, stop")
+    g.add_argument(
+        "--data-dir",
+        default=None,
+        help="keep data, CA and key pair here (default: a per-user state directory)",
+    )
+    g.add_argument(
+        "--ephemeral", action="store_true", help="use a temporary data directory, removed on exit"
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "pgserver", "system"],
+        default="auto",
+        help="PostgreSQL to run: the embedded pgserver build or the system's",
+    )
+    p.add_argument(
+        "--backend-url",
+        default=None,
+        help="front an existing PostgreSQL (postgresql://user:pw@host:port/db)",
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="trust this AWS profile's keys instead of the generated key pair",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        help="open connections before 53300 (default 1000)",
+    )
+    p.add_argument(
+        "--connection-rate",
+        type=float,
+        default=100.0,
+        help="new connections per second before 53400 (default 100)",
+    )
+    p.add_argument(
+        "--connection-burst", type=int, default=1000, help="burst of new connections (default 1000)"
+    )
+    p.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=3600.0,
+        help="seconds before a session is closed, as DSQL does after 60 min",
+    )
+    p.add_argument(
+        "--occ",
+        choices=["commit", "statement", "off"],
+        default="commit",
+        help="report OCC conflicts at COMMIT as DSQL does (default), at the "
+        "statement, or not emulate them (PostgreSQL's behaviour)",
+    )
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=0.5,
+        help="longest wait, in seconds, on another session's row lock (default 0.5)",
+    )
+    p.add_argument(
+        "--no-schema-conflicts",
+        action="store_true",
+        help="do not fail other sessions with OC001 after a committed DDL",
+    )
+    p.add_argument(
+        "--inject",
+        default=None,
+        metavar="SPEC",
+        help="inject faults, e.g. occ=0.05,oc001=0.01,disconnect=0.01,auth-outage=0.02",
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed for --inject")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the connection details as one JSON line (for scripts)",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="start, connect over TLS with an IAM token, run a query, stop",
+    )
 
 
 def banner(ep: object) -> str:
@@ -47,8 +109,10 @@ def banner(ep: object) -> str:
     assert isinstance(ep, LocalDSQL)
     env = ep.env()
     exports = "\n".join(f"  export {k}={shlex.quote(v)}" for k, v in env.items())
-    conninfo = (f"host={ep.host} port={ep.port} user=admin dbname=postgres "
-                f"sslmode=verify-full sslrootcert={ep.ca_path}")
+    conninfo = (
+        f"host={ep.host} port={ep.port} user=admin dbname=postgres "
+        f"sslmode=verify-full sslrootcert={ep.ca_path}"
+    )
     return f"""dsqlkit local: Aurora DSQL endpoint ready
   endpoint          {ep.host}:{ep.port}  (cluster {ep.hostname})
   region            {ep.region}
@@ -71,24 +135,33 @@ def run(args: argparse.Namespace) -> int:
 
     from dsqlkit.local import LocalDSQL
 
-    ep = LocalDSQL(
-        args.data_dir,
-        ephemeral=args.ephemeral,
-        port=args.port,
-        host=args.host,
-        region=args.region,
-        backend=args.backend,
-        backend_url=args.backend_url,
-        profile=args.profile,
-        max_connections=args.max_connections,
-        connection_rate=args.connection_rate,
-        connection_burst=args.connection_burst,
-        max_connection_age=args.max_connection_age,
-    )
+    try:
+        ep = LocalDSQL(
+            args.data_dir,
+            ephemeral=args.ephemeral,
+            port=args.port,
+            host=args.host,
+            region=args.region,
+            backend=args.backend,
+            backend_url=args.backend_url,
+            profile=args.profile,
+            max_connections=args.max_connections,
+            connection_rate=args.connection_rate,
+            connection_burst=args.connection_burst,
+            max_connection_age=args.max_connection_age,
+            occ_mode=args.occ,
+            lock_timeout=args.lock_timeout,
+            schema_conflicts=not args.no_schema_conflicts,
+            inject=args.inject,
+            seed=args.seed,
+        )
+    except ConfigError as exc:
+        print(f"dsqlkit local: {exc}", file=sys.stderr)
+        return 2
     started = time.monotonic()
     try:
         ep.start()
-    except LocalEndpointError as exc:
+    except (LocalEndpointError, ConfigError) as exc:
         print(f"dsqlkit local: {exc}", file=sys.stderr)
         return 1
     elapsed = time.monotonic() - started
@@ -101,11 +174,23 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     if args.json:
-        print(json.dumps({
-            "host": ep.host, "port": ep.port, "region": ep.region, "hostname": ep.hostname,
-            "cluster_id": ep.cluster_id, "ca_path": ep.ca_path, "url": ep.url(),
-            "data_dir": str(ep.data_dir), "backend_url": ep.backend_url, "env": ep.env(),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "host": ep.host,
+                    "port": ep.port,
+                    "region": ep.region,
+                    "hostname": ep.hostname,
+                    "cluster_id": ep.cluster_id,
+                    "ca_path": ep.ca_path,
+                    "url": ep.url(),
+                    "data_dir": str(ep.data_dir),
+                    "backend_url": ep.backend_url,
+                    "env": ep.env(),
+                }
+            ),
+            flush=True,
+        )
     else:
         print(banner(ep), flush=True)
         print(f"(started in {elapsed:.2f} s)", flush=True)
@@ -131,10 +216,12 @@ def _smoke(ep: object, elapsed: float) -> int:
                 "current_setting('transaction_isolation')"
             ).fetchone()
             assert row is not None
-            print(f"dsqlkit local: ready in {elapsed:.2f} s on {ep.host}:{ep.port}; "
-                  f"connected over TLS (verify-full) with an IAM token as {row[0]}, "
-                  f"server_version {conn.info.parameter_status('server_version')}, "
-                  f"isolation {row[2]}")
+            print(
+                f"dsqlkit local: ready in {elapsed:.2f} s on {ep.host}:{ep.port}; "
+                f"connected over TLS (verify-full) with an IAM token as {row[0]}, "
+                f"server_version {conn.info.parameter_status('server_version')}, "
+                f"isolation {row[2]}"
+            )
     finally:
         ep.stop()
     return 0

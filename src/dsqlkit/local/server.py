@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from dsqlkit.auth import sigv4
 from dsqlkit.local import wire
 from dsqlkit.local.backend import BackendAddress, send_cancel
+from dsqlkit.local.faults import Faults
 from dsqlkit.local.link import Link
 from dsqlkit.local.session import Refusal, Session
 from dsqlkit.local.tls import ALPN
@@ -41,6 +42,14 @@ class EndpointConfig:
     startup_timeout: float = 30.0
     handshake_timeout: float = 10.0
     backend_users: Mapping[str, str] = field(default_factory=lambda: {"admin": "admin"})
+    # "commit": conflicts reported at COMMIT, as DSQL does; "statement": at the statement
+    # (with DSQL's message); "off": PostgreSQL's own behaviour and messages.
+    occ_mode: str = "commit"
+    # The longest a statement waits on another session's row lock (DSQL never waits).
+    lock_timeout: float = 0.5
+    # A committed DDL fails other sessions' next statement with OC001, as on DSQL.
+    schema_conflicts: bool = True
+    faults: Faults = field(default_factory=Faults)
 
 
 class TokenBucket:
@@ -83,6 +92,9 @@ class Server:
         self.listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting: list[asyncio.Task[None]] = []
+        self.faults = config.faults
+        # Bumped by every committed DDL; sessions compare it with the version they saw.
+        self.catalog_version = 0
         self.stats = {"accepted": 0, "refused_rate": 0, "refused_max": 0, "plaintext": 0,
                       "auth_failed": 0, "sessions": 0}
 
@@ -279,9 +291,15 @@ class Server:
     async def authorize(self, user: str) -> None:
         """Hook for role checks; the dialect layer installs DSQL's IAM role mapping here."""
 
+    def catalog_changed(self, session: Session) -> None:
+        self.catalog_version += 1
+        session.seen_catalog = self.catalog_version
+
     def backend_startup(self, user: str, params: dict[str, str]) -> dict[str, str]:
-        # DSQL pins every transaction at REPEATABLE READ.
+        # DSQL pins every transaction at REPEATABLE READ; lock_timeout bounds row-lock waits.
         options = "-c default_transaction_isolation=repeatable\\ read"
+        if self.config.occ_mode != "off" and self.config.lock_timeout > 0:
+            options += f" -c lock_timeout={int(self.config.lock_timeout * 1000)}"
         return {
             "user": self.config.backend_users.get(user, user),
             "database": self.backend_address().database,

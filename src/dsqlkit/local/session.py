@@ -2,9 +2,22 @@
 
 The relay keeps at most one client *unit* (the messages up to a Sync, a simple Query or a
 Flush) in flight at the backend, and tracks which backend response completes which client
-message. That bookkeeping is what lets the endpoint rewrite, refuse or answer statements
-itself without ever reordering responses, and it costs nothing to clients that wait for
-their answers, which is what all drivers do.
+message. That bookkeeping lets the endpoint rewrite or refuse statements without ever
+reordering responses, and costs nothing to clients that wait for their answers, which is
+what all drivers do.
+
+DSQL's rules are applied per statement with :mod:`dsqlkit.local.dialect`. A refused
+statement is replaced by a text that fails to parse and the backend's syntax error by DSQL's
+error, so PostgreSQL ends up in exactly the state DSQL's refusal leaves (block aborted, rest
+of the batch skipped) without the proxy answering anything itself.
+
+OCC as DSQL does it (``occ_mode="commit"``): inside a transaction block each unit's answer
+is held back until the unit completes. If PostgreSQL reports a conflict (a serialization
+failure, or a row lock held longer than ``lock_timeout``), the client does not see it:
+the backend transaction is rolled back, the block so far is replayed in a scratch
+transaction, the unit is run again for the client, and the block's COMMIT then fails with
+``40001 change conflicts with another transaction (OC000)``. See docs/local.md for where
+this differs from DSQL.
 """
 
 from __future__ import annotations
@@ -13,11 +26,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dsqlkit.errors import LocalEndpointError, TokenRejected
-from dsqlkit.local import wire
+from dsqlkit.local import dialect, wire
 from dsqlkit.local.backend import BackendRefused, BackendSession, open_session
 from dsqlkit.local.link import Link, LinkClosed
 
@@ -26,18 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# DSQL accepts only these session parameters (SET, startup packet or options); every other
-# one is refused with 0A000.
-ALLOWED_PARAMETERS = frozenset({
-    "application_name", "client_encoding", "datestyle", "extra_float_digits",
-    "intervalstyle", "timezone", "search_path", "enable_bitmapscan", "enable_hashjoin",
-    "enable_indexonlyscan", "enable_indexscan", "enable_material", "enable_mergejoin",
-    "enable_nestloop", "dsql.enable_batched_nestloop", "enable_seqscan",
-    "disable_sync_create_index",
-})
 # Parameters DSQL knows that PostgreSQL does not: kept by the endpoint, never sent on.
-ENDPOINT_PARAMETERS = frozenset({"disable_sync_create_index", "dsql.enable_batched_nestloop"})
-REPORTED_VERSION = "16.15"
+ENDPOINT_PARAMETERS = dialect.DSQL_ONLY_SETTINGS | {"dsql.enable_batched_nestloop"}
+REPORTED_VERSION = dialect.SERVER_VERSION
 
 _EXTENDED = frozenset({wire.PARSE, wire.BIND, wire.DESCRIBE, wire.EXECUTE, wire.CLOSE})
 _ENDS_AT_READY = frozenset({wire.QUERY, wire.SYNC, wire.FUNCTION_CALL})
@@ -50,10 +54,47 @@ _COMPLETES = {
 }
 _COPY_IN_MESSAGES = frozenset({wire.COPY_DATA, wire.COPY_DONE, wire.COPY_FAIL})
 _IDLE = ord("I")
+_IN_BLOCK = ord("T")
+_FAILED = ord("E")
+_STORAGE_KINDS = frozenset({"select", "dml", "ddl", "utility"})
+# PostgreSQL's ways of saying that another transaction won: a serialization failure, a lock
+# wait cut short by lock_timeout, a deadlock.
+_CONFLICT_STATES = frozenset({"40001", "55P03", "40P01"})
+# Text PostgreSQL cannot parse; its syntax error is replaced by the refusal.
+_REFUSED_SQL = "DSQLKIT REFUSED"
+OC000 = dialect.Refusal("40001", "change conflicts with another transaction (OC000)")
+OC001 = dialect.Refusal("40001", "schema has been updated by another transaction (OC001)")
+_OC000_FRAME = wire.error_response(OC000.sqlstate, OC000.message)
+_OC001_FRAME = wire.error_response(OC001.sqlstate, OC001.message)
+# Unit answers are held back for a possible transparent replay up to this size; a bigger
+# answer is streamed, and a conflict after that point is reported at the statement.
+_MAX_HELD_ANSWER = 1 << 20
+_MAX_RECORDED_TRANSACTION = 8 << 20
+_REPLAY_ATTEMPTS = 3
+_ROLLBACK_STATEMENT = "dsqlkit_rollback"
 
 
-def _slice(data: bytes, start: int, end: int) -> bytes:
-    return data if start == 0 and end == len(data) else data[start:end]
+@dataclass(frozen=True, slots=True)
+class Special:
+    """What to do with the backend's answer to one forwarded message.
+
+    ``error``: replace the first ErrorResponse with this frame (a refused statement).
+    ``commit_error``: replace the CommandComplete with this frame (a COMMIT the endpoint
+    turned into a ROLLBACK). ``discard``: drop the answer (a message the endpoint added).
+    """
+
+    error: bytes | None = None
+    commit_error: bytes | None = None
+    discard: bool = False
+
+
+_Expect = tuple[int, "Special | None"]
+# What a message check decided: (replacement frame or None, what to do with the answer);
+# None when the session ended; _PENDING when the text is still being analysed.
+_PENDING: Any = object()
+_Checked = Any
+# Texts at least this long are analysed in a thread, off the event loop.
+_ANALYZE_INLINE = 65536
 
 
 class Refusal(Exception):
@@ -116,10 +157,6 @@ def parse_options(options: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _escape_option(value: str) -> str:
-    return "".join("\\" + c if c.isspace() or c == "\\" else c for c in value)
-
-
 class Session:
     """A client connection from the startup packet to its end."""
 
@@ -132,19 +169,50 @@ class Session:
         self.key = (0, 0)
         self.started = time.monotonic()
         self.settings: dict[str, str] = {}
-        # relay state
+        self.rules = dialect.TransactionRules(row_limit=None)
+        # Named prepared statements, for a Bind that runs one again.
+        self.prepared: dict[str, dialect.Analysis] = {}
+        # -- relay state
         # Client messages not yet forwarded: [data, frames, index of the next frame].
         self.held: deque[list[Any]] = deque()
-        self.expect: deque[int] = deque()
+        self.expect: deque[_Expect] = deque()
         self.unit_closed = True
         self.backend_skipping = False
         self.copy_in = False
         self.txn_status = _IDLE
         self.expired = False
+        self.busy = False
+        # -- the unit in flight
+        self.recording = False
+        self.unit_msgs: list[tuple[int, bytes]] = []
+        self.unit_expects: list[_Expect] = []
+        self.unit_out: list[bytes] = []
+        self.unit_out_size = 0
+        self.unit_flushed = False
+        self.unit_error = False
+        self.unit_committed = False
+        self.unit_ddl = False
+        self.conflict: dict[str, str] | None = None
+        self.conflict_state = ""
+        # -- the transaction block
+        self.txn_log: list[list[tuple[int, bytes]]] = []
+        self.txn_log_size = 0
+        self.txn_replayable = True
+        self.txn_ddl = False
+        self.doomed = False
+        self.seen_catalog = server.catalog_version
+        self.txn_catalog = server.catalog_version
+        self._commit_error: bytes | None = None
+        self._rollback_prepared = False
+        self._internal: _Internal | None = None
+        self._rerun: asyncio.Future[bool] | None = None
+        self._pending_analysis: tuple[str, dialect.Analysis] | None = None
+        self.unit_in_block = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._to_client: list[bytes] = []
         self._to_backend: list[bytes] = []
         self._age_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     # ------------------------------------------------------------ startup
@@ -216,8 +284,9 @@ class Session:
         options: list[tuple[str, str]] = parse_options(params.pop("options", ""))
         for name, value in [*params.items(), *options]:
             lname = name.lower()
-            if lname not in ALLOWED_PARAMETERS:
-                raise Refusal("0A000", f'setting configuration parameter "{name}" not supported')
+            refused = dialect.setting_refusal(name)
+            if refused is not None:
+                raise Refusal(refused.sqlstate, refused.message)
             if lname in ENDPOINT_PARAMETERS:
                 self.settings[lname] = value
             else:
@@ -239,6 +308,9 @@ class Session:
             log.info("rejected a token for user %r: %s", user, exc.hint)
             raise access_denied(exc.hint) from None
         await self.server.authorize(user)
+        if self.server.faults.roll("auth-outage"):
+            raise Refusal("08006", "unable to accept connection, waking up cluster, "
+                          "please retry later")
 
         self.backend = await open_session(
             self.server.backend_address(),
@@ -275,6 +347,8 @@ class Session:
         c.data_received(b"")
         b.data_received(b"")
 
+    # -- client to backend -------------------------------------------------------------
+
     def _on_client_frames(self, data: bytes, frames: list[tuple[int, int, int]]) -> None:
         self.held.append([data, frames, 0])
         self._pump()
@@ -283,72 +357,145 @@ class Session:
         """Forward held client messages, in order, in as few writes as possible.
 
         Stops at a unit boundary (Sync, Query, Flush) while the backend still owes
-        responses; :meth:`_on_backend_frames` calls it again when they have arrived.
+        responses (:meth:`_unit_done` resumes), and while a conflict is being absorbed.
         """
         held = self.held
         expect = self.expect
         out = self._to_backend
-        while held:
+        while held and not self.busy and not self._closed:
             batch = held[0]
             data: bytes = batch[0]
             frames: list[tuple[int, int, int]] = batch[1]
             i: int = batch[2]
             n = len(frames)
-            first = i
+            seg = frames[i][1]  # start of the bytes not yet queued in ``out``
             while i < n:
                 mtype, start, end = frames[i]
                 if self.unit_closed and expect and not (
                     self.copy_in and mtype in _COPY_IN_MESSAGES
                 ):
                     break
-                if mtype in _EXTENDED:
-                    if mtype == wire.PARSE and not self._valid(wire.parse_parse, data, start, end):
+                if self.unit_closed and not expect:
+                    self._unit_begins()
+                    if self._closed:
                         return
+                replacement: bytes | None = None
+                pushed: _Expect | None = None
+                if mtype in _EXTENDED:
+                    special: Special | None = None
+                    if mtype == wire.PARSE:
+                        checked = self._check_parse(data, start, end)
+                        if checked is None:
+                            return
+                        if checked is _PENDING:
+                            self._pause(batch, i, seg, data)
+                            return
+                        replacement, special = checked
+                    elif mtype == wire.BIND:
+                        checked = self._check_bind(data, start, end)
+                        if checked is None:
+                            return
+                        replacement, special = checked
+                    elif mtype == wire.EXECUTE and self._commit_error is not None:
+                        special = Special(commit_error=self._commit_error)
+                        self._commit_error = None
                     if not self.backend_skipping:
-                        expect.append(mtype)
+                        pushed = (mtype, special)
                     self.unit_closed = False
                 elif mtype in _ENDS_AT_READY:
-                    if mtype == wire.QUERY and not self._valid(wire.parse_query, data, start, end):
-                        return
-                    if not self.copy_in:  # the backend ignores Sync during COPY FROM STDIN
-                        expect.append(mtype)
+                    if self.copy_in:
+                        pass  # the backend ignores Sync during COPY FROM STDIN
+                    elif mtype == wire.QUERY:
+                        checked = self._check_query(data, start, end)
+                        if checked is None:
+                            return
+                        if checked is _PENDING:
+                            self._pause(batch, i, seg, data)
+                            return
+                        replacement, special = checked
+                        pushed = (mtype, special)
+                        self.unit_closed = True
+                    else:
+                        pushed = (mtype, None)
                         self.unit_closed = True
                         if mtype == wire.SYNC:
                             self.backend_skipping = False
+                            self.rules.end_batch()
                 elif mtype == wire.FLUSH:
                     self.unit_closed = True
                 elif mtype in _COPY_IN_MESSAGES:
                     if mtype != wire.COPY_DATA:
                         self.copy_in = False
                 elif mtype == wire.TERMINATE:
-                    out.append(_slice(data, frames[first][1], start))
+                    out.append(data[seg:start])
                     self._flush()
                     self.close()
                     return
-                elif mtype not in wire.FRONTEND_TYPES:
-                    out.append(_slice(data, frames[first][1], start))
+                else:
+                    out.append(data[seg:start])
                     self._flush()
                     self._client_violation(
                         wire.ProtocolViolation(f"invalid frontend message type {mtype}"))
                     return
+                if pushed is not None:
+                    expect.append(pushed)
+                if self.recording:
+                    self._record(mtype, replacement or data[start:end], pushed)
+                if replacement is not None:
+                    out.append(data[seg:start])
+                    if replacement:
+                        out.append(replacement)
+                    seg = end
                 i += 1
-            if i > first:
-                out.append(_slice(data, frames[first][1], frames[i - 1][2]))
+            last = frames[i - 1][2] if i > batch[2] else seg
+            if last > seg:
+                out.append(data if seg == 0 and last == len(data) else data[seg:last])
             if i < n:
                 batch[2] = i
                 break
             held.popleft()
         self._flush()
 
-    def _valid(self, parse: Callable[[bytes], object], data: bytes, start: int, end: int) -> bool:
-        """Check a message the backend would otherwise half-accept; end the session if bad."""
-        try:
-            parse(data[start:end])
-        except wire.ProtocolViolation as exc:
-            self._to_backend.clear()
-            self._client_violation(exc)
-            return False
-        return True
+    def _pause(self, batch: list[Any], i: int, seg: int, data: bytes) -> None:
+        """Stop before message ``i`` (its text is being analysed off the event loop)."""
+        start = batch[1][i][1]
+        if start > seg:
+            self._to_backend.append(data[seg:start])
+        batch[2] = i
+        self._flush()
+
+    def _analysis(self, sql: str) -> dialect.Analysis | None:
+        """The analysis of ``sql``; None while a long text is analysed in a thread.
+
+        Parsing a large text can take seconds, which must not stall every other session.
+        """
+        if len(sql) < _ANALYZE_INLINE:
+            return dialect.analyze(sql)
+        pending = self._pending_analysis
+        if pending is not None and pending[0] == sql:
+            self._pending_analysis = None
+            return pending[1]
+        self.busy = True
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, dialect.analyze, sql)
+
+        def ready(f: asyncio.Future[dialect.Analysis]) -> None:
+            self.busy = False
+            if self._closed:
+                return
+            self._pending_analysis = (sql, f.result())
+            self._pump()
+
+        fut.add_done_callback(ready)
+        return None
+
+    def _record(self, mtype: int, frame: bytes, pushed: _Expect | None) -> None:
+        self.unit_msgs.append((mtype, frame))
+        if pushed is not None:
+            self.unit_expects.append(pushed)
+        self.txn_log_size += len(frame)
+        if self.txn_log_size > _MAX_RECORDED_TRANSACTION:
+            self.txn_replayable = False
 
     def _flush(self) -> None:
         if self._to_backend:
@@ -361,19 +508,210 @@ class Session:
             self.client.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
+    def _unit_begins(self) -> None:
+        """The backend is idle and a new unit starts: decide how to watch it."""
+        server = self.server
+        in_block = self.txn_status == _IN_BLOCK
+        self.recording = in_block and server.config.occ_mode == "commit"
+        self.unit_msgs = []
+        self.unit_expects = []
+        self.unit_out = []
+        self.unit_out_size = 0
+        self.unit_flushed = False
+        self.unit_error = False
+        self.unit_committed = False
+        self.unit_ddl = False
+        self.unit_in_block = self.txn_status != _IDLE
+        self.conflict = None
+        if self.txn_status == _IDLE:
+            self.txn_catalog = server.catalog_version
+        if in_block and server.faults.roll("disconnect"):
+            log.info("fault injection: dropping a connection in the middle of a transaction")
+            self.client.abort()
+            self.close()
+
+    # -- DSQL's rules, per statement ---------------------------------------------------
+
+    def _statement_policy(
+        self, analysis: dialect.Analysis, *, extended: bool
+    ) -> tuple[str | None, Special | None]:
+        """Apply DSQL's rules to the statements of one Query or Parse.
+
+        Returns the text PostgreSQL should run instead (None: unchanged) and what to do
+        with the backend's answer.
+        """
+        if analysis.unparsed:
+            masked = analysis.masked_text
+            return (masked if masked != analysis.text else None), None
+        rules = self.rules
+        if not extended:
+            rules.begin_batch()
+        texts: list[str] = []
+        changed = False
+        ddl = False
+        for stmt in analysis.statements:
+            if stmt.kind == "empty":
+                continue
+            verdict = rules.check(stmt)
+            refusal = verdict.refusal
+            if (refusal is None and stmt.kind in _STORAGE_KINDS
+                    and self.txn_status != _FAILED):
+                refusal = self._schema_conflict()
+                if refusal is not None:
+                    rules.errored(stmt)
+            if refusal is not None:
+                if not extended:
+                    rules.end_batch()
+                frame = wire.error_response(refusal.sqlstate, refusal.message,
+                                            detail=verdict.detail)
+                return _REFUSED_SQL, Special(error=frame)
+            if stmt.tcl_action == "commit" and self.txn_status == _IN_BLOCK:
+                failure = self._commit_failure()
+                rules.completed(stmt)
+                if failure is not None:
+                    if not extended:
+                        rules.end_batch()
+                    if extended:
+                        self._commit_error = failure
+                        return "ROLLBACK", None
+                    return "ROLLBACK", Special(commit_error=failure)
+                texts.append(stmt.backend_sql)
+                continue
+            rules.completed(stmt)
+            ddl = ddl or stmt.is_ddl
+            changed = changed or stmt.rewritten is not None
+            texts.append(stmt.backend_sql)
+        if not extended:
+            rules.end_batch()
+        if ddl:
+            self.unit_ddl = True
+        text = ";".join(texts) if changed else None
+        return text, None
+
+    def _check_query(self, data: bytes, start: int, end: int) -> _Checked:
+        try:
+            sql = wire.parse_query(data[start:end])
+        except wire.ProtocolViolation as exc:
+            self._violation_in_pump(exc)
+            return None
+        analysis = self._analysis(sql)
+        if analysis is None:
+            return _PENDING
+        text, special = self._statement_policy(analysis, extended=False)
+        return (wire.query(text) if text is not None else None), special
+
+    def _check_parse(self, data: bytes, start: int, end: int) -> _Checked:
+        try:
+            name, sql, oids = wire.parse_parse(data[start:end])
+        except wire.ProtocolViolation as exc:
+            self._violation_in_pump(exc)
+            return None
+        analysis = self._analysis(sql)
+        if analysis is None:
+            return _PENDING
+        if name:
+            self.prepared[name] = analysis
+        if len(analysis.statements) > 1:
+            return None, None  # PostgreSQL refuses several commands in one Parse itself
+        if name and analysis.statements and analysis.statements[0].tcl_action == "commit":
+            return None, None  # its executions are checked at Bind
+        text, special = self._statement_policy(analysis, extended=True)
+        if text is None:
+            return None, special
+        return wire.parse_message(name, text, oids), special
+
+    def _check_bind(self, data: bytes, start: int, end: int) -> _Checked:
+        """A Bind of a named COMMIT must not commit a transaction that has to fail."""
+        frame = data[start:end]
+        try:
+            _, statement = wire.parse_bind_names(frame)
+        except wire.ProtocolViolation as exc:
+            self._violation_in_pump(exc)
+            return None
+        analysis = self.prepared.get(statement) if statement else None
+        if (analysis is None or len(analysis.statements) != 1
+                or analysis.statements[0].tcl_action != "commit"
+                or self.txn_status != _IN_BLOCK):
+            return None, None
+        self.rules.completed(analysis.statements[0])
+        failure = self._commit_failure()
+        if failure is None:
+            return None, None
+        # Bind our own prepared ROLLBACK instead, and answer its Execute with the error.
+        self._commit_error = failure
+        rebound = wire.rebind(frame, _ROLLBACK_STATEMENT)
+        if self._rollback_prepared:
+            return rebound, None
+        self._rollback_prepared = True
+        self.expect.append((wire.PARSE, Special(discard=True)))
+        return wire.parse_message(_ROLLBACK_STATEMENT, "ROLLBACK", []) + rebound, None
+
+    def _violation_in_pump(self, exc: wire.ProtocolViolation) -> None:
+        self._to_backend.clear()
+        self._client_violation(exc)
+
+    # -- OCC: schema versions and commit failures --------------------------------------
+
+    def _schema_conflict(self) -> dialect.Refusal | None:
+        """OC001 when another session committed DDL since this one last touched storage."""
+        server = self.server
+        if server.config.schema_conflicts and self.seen_catalog < server.catalog_version:
+            self.seen_catalog = server.catalog_version
+            return OC001
+        if server.faults.roll("oc001"):
+            return OC001
+        return None
+
+    def _commit_failure(self) -> bytes | None:
+        """The error a COMMIT must answer instead of committing, if any."""
+        server = self.server
+        if self.doomed:
+            return _OC000_FRAME
+        if server.config.schema_conflicts and self.txn_catalog < server.catalog_version:
+            self.seen_catalog = server.catalog_version
+            return _OC001_FRAME
+        if server.faults.roll("occ"):
+            return _OC000_FRAME
+        return None
+
+    # -- backend to client -------------------------------------------------------------
+
     def _on_backend_frames(self, data: bytes, frames: list[tuple[int, int, int]]) -> None:
+        internal = self._internal
+        if internal is not None:
+            internal.feed(data, frames)
+            if internal.done():
+                self._internal = None
+            return
         expect = self.expect
+        out = self.unit_out if self.recording else self._to_client
+        seg = 0
         close_after = False
         for mtype, start, end in frames:
+            replacement: bytes | None = None
+            special = expect[0][1] if expect else None
             if mtype == wire.ERROR_RESPONSE:
-                fields = wire.parse_fields(data[start:end])
-                # A protocol violation or a FATAL error ends the session, as it does for
-                # PostgreSQL itself (some violations are only ERRORs there).
-                if fields.get("S") == "FATAL" or fields.get("C") == "08P01":
-                    close_after = True
+                replacement, close_after = self._backend_error(
+                    data[start:end], special, close_after)
+            elif mtype == wire.COMMAND_COMPLETE:
+                if special is not None and special.commit_error is not None:
+                    replacement = special.commit_error
+                    self.unit_error = True
+                elif data[start + 5 : end - 1] == b"COMMIT":
+                    self.unit_committed = True
+            if special is not None and special.discard:
+                replacement = b""
+            if self.conflict is not None:
+                replacement = b""  # the unit will run again; drop its first answer
+            if replacement is not None:
+                if start > seg:
+                    out.append(data[seg:start])
+                if replacement:
+                    out.append(replacement)
+                seg = end
             if not expect:
                 continue
-            kind = expect[0]
+            kind = expect[0][0]
             if mtype == wire.READY_FOR_QUERY:
                 if kind in _ENDS_AT_READY:
                     expect.popleft()
@@ -381,7 +719,7 @@ class Session:
             elif mtype == wire.ERROR_RESPONSE:
                 if kind in _EXTENDED:
                     # The backend now skips every extended message up to the next Sync.
-                    while expect and expect[0] in _EXTENDED:
+                    while expect and expect[0][0] in _EXTENDED:
                         expect.popleft()
                     if not expect:
                         self.backend_skipping = True
@@ -392,19 +730,207 @@ class Session:
                     self.copy_in = True
             elif mtype == wire.COPY_IN_RESPONSE:
                 self.copy_in = True
-        self._to_client.append(_slice(data, 0, frames[-1][2]))
+        end_all = frames[-1][2]
+        if end_all > seg:
+            out.append(data if seg == 0 and end_all == len(data) else data[seg:end_all])
+        if self.recording and not self.unit_flushed:
+            self.unit_out_size += end_all
+            if self.unit_out_size > _MAX_HELD_ANSWER and self.conflict is None:
+                # Too big to hold back: stream it, and give up a transparent replay.
+                self._to_client.extend(self.unit_out)
+                self.unit_out.clear()
+                self.unit_flushed = True
+                self.txn_replayable = False
+        if self.unit_flushed:
+            self._to_client.extend(self.unit_out)
+            self.unit_out.clear()
         if close_after:
             self._flush()
             self.close()
             return
         if not expect:
-            if self.expired and self.txn_status == _IDLE and not self.held:
-                self._flush()
-                self._end_for_age()
-                return
-            self._pump()
+            self._unit_done()
         else:
             self._flush()
+
+    def _backend_error(
+        self, frame: bytes, special: Special | None, close_after: bool
+    ) -> tuple[bytes | None, bool]:
+        """Decide what the client sees of a backend ErrorResponse."""
+        fields = wire.parse_fields(frame)
+        self.unit_error = True
+        sqlstate = fields.get("C", "")
+        if fields.get("S") == "FATAL" or sqlstate == "08P01":
+            # A protocol violation or a FATAL error ends the session, as it does for
+            # PostgreSQL (some violations are only ERRORs there).
+            return None, True
+        if special is not None and special.error is not None:
+            return special.error, close_after  # a refusal: the rules recorded it already
+        if sqlstate in _CONFLICT_STATES:
+            mode = self.server.config.occ_mode
+            if (self.recording and not self.unit_flushed and self.txn_replayable
+                    and self.conflict is None):
+                self.conflict = fields
+                self.conflict_state = sqlstate
+                return b"", close_after  # absorbed: the client never sees it
+            self.rules.errored(_ANY_STATEMENT)
+            if mode != "off":
+                return _OC000_FRAME, close_after
+            return None, close_after
+        self.rules.errored(_ANY_STATEMENT)
+        if "dsqlkit_" in fields.get("W", ""):
+            # An error raised by the endpoint's own triggers: drop their PL/pgSQL context.
+            fields.pop("W", None)
+            fields.pop("P", None)
+            return wire.encode_fields(wire.ERROR_RESPONSE, fields), close_after
+        return None, close_after
+
+    def _unit_done(self) -> None:
+        """The backend answered the whole unit."""
+        rerun = self._rerun
+        if self.conflict is not None:
+            self.unit_out = []
+            if rerun is not None:
+                self._rerun = None
+                rerun.set_result(False)
+                return
+            self.busy = True  # hold client messages from now, not from when the task starts
+            self._spawn(self._absorb_conflict())
+            return
+        if self.recording:
+            self._to_client.extend(self.unit_out)
+            self.unit_out = []
+            self.txn_log.append(self.unit_msgs)
+            self.recording = False
+        self.txn_ddl = self.txn_ddl or self.unit_ddl
+        if self.txn_status == _IDLE:
+            committed = self.unit_committed if self.unit_in_block else not self.unit_error
+            if self.txn_ddl and committed:
+                self.server.catalog_changed(self)
+            self.txn_log = []
+            self.txn_log_size = 0
+            self.txn_replayable = True
+            self.txn_ddl = False
+            self.doomed = False
+        if rerun is not None:
+            self._rerun = None
+            rerun.set_result(True)
+            return
+        if self.expired and self.txn_status == _IDLE and not self.held:
+            self._flush()
+            self._end_for_age()
+            return
+        self._pump()
+
+    # -- absorbing a conflict ----------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _absorb_conflict(self) -> None:
+        """PostgreSQL refused this unit with a conflict inside a transaction block, where
+        DSQL would answer the statement and fail the COMMIT. Roll the backend back, replay
+        the block so far in a scratch transaction, and run the unit again for the client."""
+        self.busy = True
+        unit = self.unit_msgs
+        expects = self.unit_expects
+        try:
+            for attempt in range(1, _REPLAY_ATTEMPTS + 1):
+                log.debug("absorbing a conflict (%s), attempt %d", self.conflict_state, attempt)
+                if not await self._rebuild_scratch():
+                    break
+                self.doomed = True
+                if await self._run_again(unit, expects):
+                    log.debug("conflict absorbed; the transaction will fail at COMMIT")
+                    return
+            log.debug("conflict not absorbed; reporting it at the statement")
+            await self._fail_at_statement(unit)
+        except (ConnectionError, LocalEndpointError) as exc:
+            log.info("session ended while absorbing a conflict: %s", exc)
+            self.close()
+        finally:
+            self.busy = False
+            if not self._closed:
+                if self.expired and self.txn_status == _IDLE and not self.held:
+                    self._end_for_age()
+                else:
+                    self._pump()
+
+    async def _rebuild_scratch(self) -> bool:
+        """Roll back and replay the block's earlier units in a READ COMMITTED transaction,
+        which waits for row locks instead of failing on them. Answers are discarded."""
+        parts = [wire.query("ROLLBACK"), wire.query("BEGIN ISOLATION LEVEL READ COMMITTED")]
+        ready = 2
+        last = wire.QUERY
+        for unit in self.txn_log:
+            for mtype, frame in unit:
+                # Prepared statements outlive a rollback: re-creating a named one would fail.
+                if mtype == wire.PARSE and frame[5] != 0:
+                    continue
+                if mtype == wire.CLOSE:
+                    continue
+                parts.append(frame)
+                last = mtype
+                if mtype in _ENDS_AT_READY:
+                    ready += 1
+        if last not in _ENDS_AT_READY:
+            parts.append(wire.SYNC_MSG)
+            ready += 1
+        errors = await self._run_internal(b"".join(parts), ready)
+        if errors:
+            log.debug("replaying a conflicted transaction failed: %s", errors[0].get("C"))
+        return not errors
+
+    async def _run_again(self, unit: list[tuple[int, bytes]], expects: list[_Expect]) -> bool:
+        """Send the unit again; its answer goes to the client. False on another conflict."""
+        assert self.backend is not None
+        loop = asyncio.get_running_loop()
+        self._rerun = loop.create_future()
+        self.recording = True
+        self.unit_msgs = unit
+        self.unit_expects = expects
+        self.unit_out = []
+        self.unit_out_size = 0
+        self.unit_flushed = False
+        self.unit_error = False
+        self.unit_committed = False
+        self.conflict = None
+        parts = []
+        for mtype, frame in unit:
+            if mtype == wire.PARSE and frame[5] != 0:
+                # The first run created this prepared statement; close it so that the
+                # Parse succeeds again (closing a missing statement is not an error).
+                name = frame[5 : frame.index(b"\0", 5)]
+                parts.append(wire.message(wire.CLOSE, b"S" + name + b"\0"))
+                self.expect.append((wire.CLOSE, Special(discard=True)))
+            parts.append(frame)
+        self.expect.extend(expects)
+        self.backend.link.write(b"".join(parts))
+        return await self._rerun
+
+    async def _fail_at_statement(self, unit: list[tuple[int, bytes]]) -> None:
+        """Replay is impossible: report the conflict at this statement, like an error that
+        aborts the block (DSQL reports it at COMMIT; see docs/local.md)."""
+        await self._run_internal(
+            wire.query("ROLLBACK") + wire.query("BEGIN") + wire.query("SELECT 1/0"), 3)
+        self.doomed = False
+        self.txn_status = _FAILED
+        self.rules.errored(_ANY_STATEMENT)
+        out = [_OC000_FRAME]
+        if unit and unit[-1][0] in _ENDS_AT_READY:
+            out.append(wire.ready_for_query(_FAILED))
+        self.recording = False
+        self.txn_log = []
+        self.client.write(b"".join(out))
+
+    async def _run_internal(self, payload: bytes, ready: int) -> list[dict[str, str]]:
+        assert self.backend is not None
+        internal = _Internal(ready)
+        self._internal = internal
+        self.backend.link.write(payload)
+        return await internal.future
 
     # ------------------------------------------------------------ ending
 
@@ -445,3 +971,29 @@ class Session:
         self.client.close()
         if not self.done.done():
             self.done.set_result(None)
+
+
+class _Internal:
+    """Collects the backend's answers to messages the endpoint sent on its own."""
+
+    def __init__(self, ready: int) -> None:
+        self.ready = ready
+        self.errors: list[dict[str, str]] = []
+        self.future: asyncio.Future[list[dict[str, str]]] = (
+            asyncio.get_running_loop().create_future())
+
+    def feed(self, data: bytes, frames: list[tuple[int, int, int]]) -> None:
+        for mtype, start, end in frames:
+            if mtype == wire.ERROR_RESPONSE:
+                self.errors.append(wire.parse_fields(data[start:end]))
+            elif mtype == wire.READY_FOR_QUERY:
+                self.ready -= 1
+                if self.ready == 0 and not self.future.done():
+                    self.future.set_result(self.errors)
+
+    def done(self) -> bool:
+        return self.ready <= 0
+
+
+_ANY_STATEMENT = dialect.analyze("SELECT 1").statements[0]
+

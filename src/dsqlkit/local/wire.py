@@ -449,6 +449,19 @@ def data_row(values: Sequence[str | None]) -> bytes:
     return message(DATA_ROW, b"".join(body))
 
 
+def parse_message(name: str, sql: str, oids: Sequence[int]) -> bytes:
+    body = _cstr(name) + _cstr(sql) + struct.pack(f"!h{len(oids)}I", len(oids), *oids)
+    return message(PARSE, body)
+
+
+def rebind(frame: bytes, statement: str) -> bytes:
+    """The Bind message ``frame`` with its prepared statement name replaced."""
+    cur = _Cursor(frame, 5)
+    portal = cur.cstring()
+    cur.cstring()
+    return message(BIND, _cstr(portal) + _cstr(statement) + frame[cur.pos :])
+
+
 def startup_message(params: Mapping[str, str]) -> bytes:
     body = _I32.pack(PROTOCOL_V3) + b"".join(
         _cstr(k) + _cstr(v) for k, v in params.items()
