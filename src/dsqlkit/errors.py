@@ -6,8 +6,9 @@ contains a token, a secret key or a session token.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+# Not "from typing import TYPE_CHECKING": importing typing costs a cold start milliseconds,
+# and every module imports this one. Type checkers treat this name specially.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from dsqlkit.occ import OCCType
 
