@@ -7,8 +7,10 @@ import datetime as dt
 import shutil
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -348,7 +350,17 @@ def test_connection_rate_quota(dsql_local: LocalDSQL) -> None:
         psycopg.connect(ep.dsn()).close()
 
 
-def test_data_dir_persists_identity_and_data(tmp_path: Path) -> None:
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """A data directory outside pytest's tmp_path: pytest keeps its base directory private
+    (0700), which the unprivileged account PostgreSQL runs as under root cannot traverse."""
+    path = Path(tempfile.mkdtemp(prefix="dsqlkit-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_data_dir_persists_identity_and_data(state_dir: Path) -> None:
+    tmp_path = state_dir
     with LocalDSQL(tmp_path / "ep", port=0) as ep:
         first = (ep.cluster_id, ep.credentials.access_key)
         ca = Path(ep.ca_path).read_bytes()
@@ -362,7 +374,8 @@ def test_data_dir_persists_identity_and_data(tmp_path: Path) -> None:
             assert conn.execute("SELECT id FROM kept").fetchone() == (7,)
 
 
-def test_second_instance_on_same_data_dir_refused(tmp_path: Path) -> None:
+def test_second_instance_on_same_data_dir_refused(state_dir: Path) -> None:
+    tmp_path = state_dir
     from dsqlkit.errors import LocalEndpointError
 
     with LocalDSQL(tmp_path / "ep", port=0), pytest.raises(

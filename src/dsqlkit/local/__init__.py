@@ -117,7 +117,7 @@ class LocalDSQL:
         connection_burst: int = 1000,
         max_connection_age: float = 3600.0,
         occ_mode: str = "commit",
-        lock_timeout: float = 0.5,
+        lock_timeout: float = 0.1,
         schema_conflicts: bool = True,
         inject: Mapping[str, float] | str | None = None,
         seed: int | None = None,

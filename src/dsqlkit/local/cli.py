@@ -77,7 +77,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--lock-timeout",
         type=float,
         default=0.5,
-        help="longest wait, in seconds, on another session's row lock (default 0.5)",
+        help="longest wait, in seconds, on another session's row lock (default 0.1)",
     )
     p.add_argument(
         "--no-schema-conflicts",

@@ -46,7 +46,7 @@ class EndpointConfig:
     # (with DSQL's message); "off": PostgreSQL's own behaviour and messages.
     occ_mode: str = "commit"
     # The longest a statement waits on another session's row lock (DSQL never waits).
-    lock_timeout: float = 0.5
+    lock_timeout: float = 0.1
     # A committed DDL fails other sessions' next statement with OC001, as on DSQL.
     schema_conflicts: bool = True
     faults: Faults = field(default_factory=Faults)

@@ -33,6 +33,7 @@ from dsqlkit.errors import LocalEndpointError, TokenRejected
 from dsqlkit.local import dialect, wire
 from dsqlkit.local.backend import BackendRefused, BackendSession, open_session
 from dsqlkit.local.link import Link, LinkClosed
+from dsqlkit.local.occ import DryRun, dry_run
 
 if TYPE_CHECKING:
     from dsqlkit.local.server import Server
@@ -70,7 +71,12 @@ _OC001_FRAME = wire.error_response(OC001.sqlstate, OC001.message)
 # answer is streamed, and a conflict after that point is reported at the statement.
 _MAX_HELD_ANSWER = 1 << 20
 _MAX_RECORDED_TRANSACTION = 8 << 20
-_REPLAY_ATTEMPTS = 3
+# Inside a scratch transaction a lock wait means the dry run is needed: keep it short.
+_SCRATCH_LOCK_TIMEOUT_MS = 20
+# Each unit of a scratch transaction runs after this savepoint, so that one that waited on a
+# lock can be undone and answered with its dry run.
+_SAVEPOINT_UNIT = wire.query("SAVEPOINT dsqlkit_unit")
+_ROLLBACK_TO_UNIT = wire.query("ROLLBACK TO SAVEPOINT dsqlkit_unit")
 _ROLLBACK_STATEMENT = "dsqlkit_rollback"
 
 
@@ -81,11 +87,13 @@ class Special:
     ``error``: replace the first ErrorResponse with this frame (a refused statement).
     ``commit_error``: replace the CommandComplete with this frame (a COMMIT the endpoint
     turned into a ROLLBACK). ``discard``: drop the answer (a message the endpoint added).
+    ``dry``: the message runs a dry run; present its answer as the statement's.
     """
 
     error: bytes | None = None
     commit_error: bytes | None = None
     discard: bool = False
+    dry: DryRun | None = None
 
 
 _Expect = tuple[int, "Special | None"]
@@ -171,7 +179,7 @@ class Session:
         self.settings: dict[str, str] = {}
         self.rules = dialect.TransactionRules(row_limit=None)
         # Named prepared statements, for a Bind that runs one again.
-        self.prepared: dict[str, dialect.Analysis] = {}
+        self.prepared: dict[str, tuple[dialect.Analysis, list[int]]] = {}
         # -- relay state
         # Client messages not yet forwarded: [data, frames, index of the next frame].
         self.held: deque[list[Any]] = deque()
@@ -376,6 +384,9 @@ class Session:
                 ):
                     break
                 if self.unit_closed and not expect:
+                    if start > seg:  # earlier messages go out before anything the unit adds
+                        out.append(data[seg:start])
+                        seg = start
                     self._unit_begins()
                     if self._closed:
                         return
@@ -525,6 +536,9 @@ class Session:
         self.conflict = None
         if self.txn_status == _IDLE:
             self.txn_catalog = server.catalog_version
+        if self.doomed and in_block:
+            self._to_backend.append(_SAVEPOINT_UNIT)
+            self.expect.append((wire.QUERY, Special(discard=True)))
         if in_block and server.faults.roll("disconnect"):
             log.info("fault injection: dropping a connection in the middle of a transaction")
             self.client.abort()
@@ -610,7 +624,7 @@ class Session:
         if analysis is None:
             return _PENDING
         if name:
-            self.prepared[name] = analysis
+            self.prepared[name] = (analysis, oids)
         if len(analysis.statements) > 1:
             return None, None  # PostgreSQL refuses several commands in one Parse itself
         if name and analysis.statements and analysis.statements[0].tcl_action == "commit":
@@ -628,7 +642,8 @@ class Session:
         except wire.ProtocolViolation as exc:
             self._violation_in_pump(exc)
             return None
-        analysis = self.prepared.get(statement) if statement else None
+        entry = self.prepared.get(statement) if statement else None
+        analysis = entry[0] if entry is not None else None
         if (analysis is None or len(analysis.statements) != 1
                 or analysis.statements[0].tcl_action != "commit"
                 or self.txn_status != _IN_BLOCK):
@@ -699,8 +714,12 @@ class Session:
                     self.unit_error = True
                 elif data[start + 5 : end - 1] == b"COMMIT":
                     self.unit_committed = True
-            if special is not None and special.discard:
-                replacement = b""
+            if special is not None:
+                if special.discard:
+                    replacement = b""
+                elif special.dry is not None:
+                    replacement = _present_dry(special.dry, mtype, data, start, end,
+                                               expect[0][0] if expect else 0, replacement)
             if self.conflict is not None:
                 replacement = b""  # the unit will run again; drop its first answer
             if replacement is not None:
@@ -831,21 +850,32 @@ class Session:
 
     async def _absorb_conflict(self) -> None:
         """PostgreSQL refused this unit with a conflict inside a transaction block, where
-        DSQL would answer the statement and fail the COMMIT. Roll the backend back, replay
-        the block so far in a scratch transaction, and run the unit again for the client."""
+        DSQL would answer the statement and fail the COMMIT.
+
+        The transaction has lost. Roll the backend back and continue it in a scratch
+        transaction (the block so far replayed, where possible), run the unit again there
+        for the client, and fail the COMMIT. If the unit would wait on a row lock again, run
+        its lock-free dry run instead (:mod:`dsqlkit.local.occ`); if it has none, report the
+        conflict at this statement.
+        """
         self.busy = True
         unit = self.unit_msgs
         expects = self.unit_expects
         try:
-            for attempt in range(1, _REPLAY_ATTEMPTS + 1):
-                log.debug("absorbing a conflict (%s), attempt %d", self.conflict_state, attempt)
-                if not await self._rebuild_scratch():
-                    break
+            if not self.doomed:
+                log.debug("conflict (%s): continuing in a scratch transaction",
+                          self.conflict_state)
+                await self._start_scratch()
                 self.doomed = True
                 if await self._run_again(unit, expects):
-                    log.debug("conflict absorbed; the transaction will fail at COMMIT")
                     return
-            log.debug("conflict not absorbed; reporting it at the statement")
+            # The unit waited on a lock in the scratch transaction: undo it to the savepoint
+            # taken before it and answer with its dry run.
+            await self._run_internal(_ROLLBACK_TO_UNIT, 1)
+            dry = self._dry_unit(unit)
+            if dry is not None and await self._run_again(*dry):
+                return
+            log.debug("no lock-free answer for this statement; reporting the conflict now")
             await self._fail_at_statement(unit)
         except (ConnectionError, LocalEndpointError) as exc:
             log.info("session ended while absorbing a conflict: %s", exc)
@@ -858,18 +888,19 @@ class Session:
                 else:
                     self._pump()
 
-    async def _rebuild_scratch(self) -> bool:
-        """Roll back and replay the block's earlier units in a READ COMMITTED transaction,
-        which waits for row locks instead of failing on them. Answers are discarded."""
-        parts = [wire.query("ROLLBACK"), wire.query("BEGIN ISOLATION LEVEL READ COMMITTED")]
-        ready = 2
+    async def _start_scratch(self) -> None:
+        """Roll back, begin a READ COMMITTED transaction with a short lock timeout, and
+        replay the block's earlier units in it so that it sees its own writes; if replaying
+        fails (it may wait on the winner's locks), continue without them."""
+        begin = (wire.query("ROLLBACK") + wire.query("BEGIN ISOLATION LEVEL READ COMMITTED")
+                 + wire.query(f"SET LOCAL lock_timeout = {_SCRATCH_LOCK_TIMEOUT_MS}"))
+        parts = [begin]
+        ready = 3
         last = wire.QUERY
         for unit in self.txn_log:
             for mtype, frame in unit:
                 # Prepared statements outlive a rollback: re-creating a named one would fail.
-                if mtype == wire.PARSE and frame[5] != 0:
-                    continue
-                if mtype == wire.CLOSE:
+                if (mtype == wire.PARSE and frame[5] != 0) or mtype == wire.CLOSE:
                     continue
                 parts.append(frame)
                 last = mtype
@@ -880,14 +911,15 @@ class Session:
             ready += 1
         errors = await self._run_internal(b"".join(parts), ready)
         if errors:
-            log.debug("replaying a conflicted transaction failed: %s", errors[0].get("C"))
-        return not errors
+            log.debug("replay failed (%s); the scratch transaction starts empty",
+                      errors[0].get("C"))
+            await self._run_internal(begin, 3)
+        await self._run_internal(_SAVEPOINT_UNIT, 1)
 
     async def _run_again(self, unit: list[tuple[int, bytes]], expects: list[_Expect]) -> bool:
         """Send the unit again; its answer goes to the client. False on another conflict."""
         assert self.backend is not None
-        loop = asyncio.get_running_loop()
-        self._rerun = loop.create_future()
+        self._rerun = asyncio.get_running_loop().create_future()
         self.recording = True
         self.unit_msgs = unit
         self.unit_expects = expects
@@ -910,9 +942,68 @@ class Session:
         self.backend.link.write(b"".join(parts))
         return await self._rerun
 
+    def _dry_unit(
+        self, unit: list[tuple[int, bytes]]
+    ) -> tuple[list[tuple[int, bytes]], list[_Expect]] | None:
+        """The unit with each locking statement replaced by its dry run, or None."""
+        msgs: list[tuple[int, bytes]] = []
+        expects: list[_Expect] = []
+        by_statement: dict[str, DryRun | None] = {}
+        by_portal: dict[str, DryRun | None] = {}
+        for mtype, frame in unit:
+            special: Special | None = None
+            if mtype == wire.QUERY:
+                ok, converted = _dry_text(wire.parse_query(frame))
+                if not ok:
+                    return None
+                if converted is not None:
+                    frame = wire.query(converted.sql)
+                    special = Special(dry=converted)
+            elif mtype == wire.PARSE:
+                name, sql, oids = wire.parse_parse(frame)
+                ok, converted = _dry_text(sql)
+                if not ok:
+                    return None
+                by_statement[name] = converted
+                if converted is not None:
+                    frame = wire.parse_message(name, converted.sql, oids)
+            elif mtype == wire.BIND:
+                portal, statement = wire.parse_bind_names(frame)
+                if statement in by_statement:
+                    by_portal[portal] = by_statement[statement]
+                else:
+                    prepared = self.prepared.get(statement)
+                    if prepared is None:
+                        return None
+                    ok, converted = _dry_text(prepared[0].text)
+                    if not ok:
+                        return None
+                    by_portal[portal] = converted
+                    if converted is not None:
+                        # A statement prepared earlier: prepare its dry run under another name.
+                        dry_name = f"dsqlkit_dry_{statement}"
+                        msgs.append((wire.PARSE,
+                                     wire.parse_message(dry_name, converted.sql, prepared[1])))
+                        expects.append((wire.PARSE, Special(discard=True)))
+                        frame = wire.rebind(frame, dry_name)
+            elif mtype == wire.DESCRIBE:
+                kind, name = wire.parse_describe_or_close(frame)
+                found = by_statement.get(name) if kind == "S" else by_portal.get(name)
+                special = Special(dry=found) if found is not None else None
+            elif mtype == wire.EXECUTE:
+                portal, _ = wire.parse_execute(frame)
+                found = by_portal.get(portal)
+                special = Special(dry=found) if found is not None else None
+            elif mtype not in (wire.SYNC, wire.FLUSH, wire.CLOSE):
+                return None
+            msgs.append((mtype, frame))
+            if mtype != wire.FLUSH:
+                expects.append((mtype, special))
+        return msgs, expects
+
     async def _fail_at_statement(self, unit: list[tuple[int, bytes]]) -> None:
-        """Replay is impossible: report the conflict at this statement, like an error that
-        aborts the block (DSQL reports it at COMMIT; see docs/local.md)."""
+        """No lock-free answer exists: report the conflict at this statement, as an error
+        that aborts the block (DSQL reports it at COMMIT; see docs/local.md)."""
         await self._run_internal(
             wire.query("ROLLBACK") + wire.query("BEGIN") + wire.query("SELECT 1/0"), 3)
         self.doomed = False
@@ -996,4 +1087,34 @@ class _Internal:
 
 
 _ANY_STATEMENT = dialect.analyze("SELECT 1").statements[0]
+_READ_KINDS = frozenset({"select", "show", "set", "empty"})
+
+
+def _dry_text(sql: str) -> tuple[bool, DryRun | None]:
+    """``(possible, dry run)`` for a statement text: the dry run is None when the text can
+    run as it is (it takes no lock); ``possible`` is false when it has none."""
+    converted = dry_run(sql)
+    if converted is not None:
+        return True, converted
+    analysis = dialect.analyze(sql)
+    ok = all(s.kind in _READ_KINDS and s.locking is None for s in analysis.statements)
+    return ok, None
+
+
+def _present_dry(
+    dry: DryRun, mtype: int, data: bytes, start: int, end: int, kind: int,
+    replacement: bytes | None,
+) -> bytes | None:
+    """Make a dry run's answer look like the answer of the statement it stands in for."""
+    if dry.keep_rows:
+        if mtype == wire.COMMAND_COMPLETE and dry.tag is not None:
+            return wire.command_complete(f"{dry.tag} {wire.rows_in_select_tag(data[start:end])}")
+        return replacement
+    if mtype == wire.ROW_DESCRIPTION:
+        return wire.NO_DATA_MSG if kind == wire.DESCRIBE else b""
+    if mtype == wire.DATA_ROW:
+        return b""
+    if mtype == wire.COMMAND_COMPLETE and dry.tag is not None:
+        return wire.command_complete(f"{dry.tag} {wire.rows_in_select_tag(data[start:end])}")
+    return replacement
 

@@ -343,6 +343,13 @@ def rows_in_tag(tag: str) -> int:
     return 0
 
 
+def rows_in_select_tag(frame: bytes) -> int:
+    """The row count of a ``SELECT n`` CommandComplete frame."""
+    tag = parse_command_tag(frame)
+    _, _, count = tag.rpartition(" ")
+    return int(count) if count.isdigit() else 0
+
+
 def parse_parameter_status(frame: bytes) -> tuple[str, str]:
     cur = _Cursor(frame, 5)
     return cur.cstring(), cur.cstring()
@@ -486,6 +493,7 @@ def password(pw: str) -> bytes:
 
 
 TERMINATE_MSG = message(TERMINATE)
+NO_DATA_MSG = message(NO_DATA)
 SYNC_MSG = message(SYNC)
 
 
