@@ -69,8 +69,9 @@ class _Substitute(Visitor):
 
 
 def _default_name(val: Any) -> str | None:
-    if isinstance(val, ast.ColumnRef) and isinstance(val.fields[-1], ast.String):
-        return str(val.fields[-1].sval)
+    fields: Any = getattr(val, "fields", None)
+    if isinstance(val, ast.ColumnRef) and fields and isinstance(fields[-1], ast.String):
+        return str(fields[-1].sval)
     return None
 
 
@@ -82,10 +83,11 @@ def _returning(node: Any) -> tuple[Any, ...] | None:
 
 
 def _has_star(targets: tuple[Any, ...]) -> bool:
-    return any(
-        isinstance(t.val, ast.ColumnRef) and isinstance(t.val.fields[-1], ast.A_Star)
-        for t in targets
-    )
+    for t in targets:
+        fields: Any = getattr(t.val, "fields", None)
+        if isinstance(t.val, ast.ColumnRef) and fields and isinstance(fields[-1], ast.A_Star):
+            return True
+    return False
 
 
 def _count_target() -> tuple[Any, ...]:
