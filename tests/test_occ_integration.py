@@ -85,8 +85,23 @@ class Database:
 
     def engine(self, **kwargs: Any) -> sqlalchemy.Engine:
         dsn = self.dsn
+        # Without use_native_hstore=False, SQLAlchemy's psycopg dialect looks up the hstore type
+        # inside its first-connect transaction, through a SAVEPOINT, which DSQL refuses.
         return sqlalchemy.create_engine(
-            "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), **kwargs
+            "postgresql+psycopg://",
+            creator=lambda: psycopg.connect(dsn),
+            use_native_hstore=False,
+            **kwargs,
+        )
+
+    async def asyncpg_pool(self, size: int) -> Any:
+        # asyncpg's default reset on release calls pg_advisory_unlock_all(), which DSQL
+        # refuses; RESET ALL is what is left of it that DSQL supports.
+        async def reset(conn: Any) -> None:
+            await conn.execute("RESET ALL")
+
+        return await asyncpg.create_pool(
+            min_size=size, max_size=size, reset=reset, **self.asyncpg_kwargs()
         )
 
     def async_engine(self, **kwargs: Any) -> Any:
@@ -241,9 +256,7 @@ async def seed_experiment_async(
         return "ok"
 
     if driver == "asyncpg":
-        pool: Any = await asyncpg.create_pool(
-            min_size=WRITERS, max_size=WRITERS, **db.asyncpg_kwargs()
-        )
+        pool: Any = await db.asyncpg_pool(WRITERS)
     else:
         pool = AsyncConnectionPool(db.dsn, min_size=WRITERS, max_size=WRITERS, open=False)
         await pool.open(wait=True)
@@ -462,7 +475,7 @@ async def async_target(db: Database, name: str) -> AsyncIterator[tuple[Any, str]
         finally:
             await conn2.close()
     elif name.startswith("asyncpg-pool"):
-        pool2 = await asyncpg.create_pool(min_size=1, max_size=2, **db.asyncpg_kwargs())
+        pool2 = await db.asyncpg_pool(2)
         try:
             if name == "asyncpg-pool-connection":
                 async with pool2.acquire() as proxy:
@@ -702,7 +715,7 @@ async def test_async_attempt_loop_on_a_real_transaction(db: Database, table: str
     metrics = OCCMetrics()
     body = async_body("asyncpg", Interferer(db, table), [])
     result = None
-    pool = await asyncpg.create_pool(min_size=1, max_size=2, **db.asyncpg_kwargs())
+    pool = await db.asyncpg_pool(2)
     try:
         async for attempt in occ_attempts_async(QUICK, metrics=metrics):
             with attempt:
