@@ -249,6 +249,18 @@ async def connect(
     return await _open(config, provider, kwargs)
 
 
+async def reset_session(conn: Any) -> None:
+    """The pool's default ``reset``: ``RESET ALL``.
+
+    asyncpg's own reset also runs ``pg_advisory_unlock_all()``, ``CLOSE ALL`` and
+    ``UNLISTEN *``; DSQL has no advisory locks, cursors or LISTEN and refuses the whole
+    statement, so every release would fail. Session settings are what a DSQL session can
+    change, and ``RESET ALL`` restores them (open transactions are rolled back by asyncpg
+    before this runs).
+    """
+    await conn.execute("RESET ALL")
+
+
 class _Retired(Exception):
     """Raised by the pool's setup hook for a connection past its lifetime."""
 
@@ -317,7 +329,7 @@ class Pool(asyncpg.Pool):  # type: ignore[misc]
         pool_kwargs.setdefault("max_queries", 50000)
         pool_kwargs.setdefault("max_inactive_connection_lifetime", MAX_IDLE)
         pool_kwargs.setdefault("init", None)
-        pool_kwargs.setdefault("reset", None)
+        pool_kwargs.setdefault("reset", reset_session)
         pool_kwargs.setdefault("loop", None)
         pool_kwargs.setdefault("record_class", asyncpg.Record)
         super().__init__(
@@ -388,7 +400,8 @@ def create_pool(
     """A DSQL pool, as ``asyncpg.create_pool``: ``await`` it or use ``async with``.
 
     ``params`` mixes connection parameters, asyncpg pool options (``min_size``,
-    ``max_size``, ``max_queries``, ``setup``, ``init``, ``reset``) and asyncpg connect
+    ``max_size``, ``max_queries``, ``setup``, ``init``, ``reset`` -- default
+    :func:`reset_session`, as asyncpg's own reset is refused by DSQL) and asyncpg connect
     options. ``max_lifetime`` (default 55 min) and ``max_inactive_connection_lifetime``
     (default 10 min) retire connections before DSQL's 60-minute limit.
     """
@@ -407,4 +420,5 @@ def create_pool(
     )
 
 
-__all__ = ["Connection", "Pool", "connect", "create_pool", "parse_options", "ssl_context"]
+__all__ = ["Connection", "Pool", "connect", "create_pool", "parse_options", "reset_session",
+           "ssl_context"]
