@@ -37,6 +37,7 @@ from dsqlkit.occ import (
     OCCMetrics,
     OCCRetryConfig,
     OCCType,
+    classify_occ,
     is_occ_error,
     occ_attempts,
     occ_attempts_async,
@@ -58,6 +59,7 @@ class Database:
     """Connection parameters for every driver, derived from one libpq DSN."""
 
     make_dsn: Callable[[], str]
+    backend_dsn: str | None = None
 
     @property
     def dsn(self) -> str:
@@ -123,7 +125,7 @@ def db(request: pytest.FixtureRequest) -> Database:
         endpoint = request.getfixturevalue("dsql_local")
     except pytest.FixtureLookupError:
         pytest.skip("needs the dsql_local fixture (dsqlkit.local's pytest plugin)")
-    return Database(lambda: endpoint.dsn(user="admin"))
+    return Database(lambda: endpoint.dsn(user="admin"), endpoint.backend_dsn)
 
 
 @pytest.fixture
@@ -581,6 +583,45 @@ async def test_async_runner_rolls_back_on_other_errors(db: Database, table: str,
             await run_transaction_async(target, body, QUICK, metrics=OCCMetrics())
     assert calls == [1]
     assert read_counter(db, table) == 0
+
+
+# -- where the conflict is reported ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["dsql-at-commit", "postgres-at-statement"])
+def test_conflicts_reported_at_commit_and_at_the_statement_are_both_retried(
+    db: Database, table: str, path: str
+) -> None:
+    """DSQL lets the loser's statements succeed and fails its COMMIT; PostgreSQL fails the
+    statement that touches a row changed since the snapshot. Same runner, same outcome."""
+    if path == "postgres-at-statement":
+        assert db.backend_dsn is not None
+        conn = psycopg.connect(db.backend_dsn, autocommit=True)
+        # DSQL always runs at REPEATABLE READ; plain PostgreSQL needs to be asked.
+        conn.execute("SET default_transaction_isolation = 'repeatable read'")
+    else:
+        conn = db.connect()
+    calls: list[int] = []
+    finished: list[int] = []  # numbers of the attempts whose body ran to the end
+    seen: list[OCCType | None] = []
+    body = increment_with_interference(Interferer(db, table), calls)
+
+    def tracked(c: psycopg.Connection[Any]) -> int:
+        result = body(c)
+        finished.append(len(calls))
+        return result
+
+    config = QUICK.with_options(on_retry=lambda n, d, e: seen.append(classify_occ(e)))
+    with conn:
+        assert run_transaction(conn, tracked, config, metrics=OCCMetrics()) == 101
+    assert read_counter(db, table) == 101
+    if path == "dsql-at-commit":
+        # The first attempt's body ran to the end: the conflict came from COMMIT, as (OC000).
+        assert finished == [1, 2]
+        assert seen == [OCCType.DATA]
+    else:
+        assert finished == [2]  # the first attempt failed at its UPDATE
+        assert seen == [OCCType.UNKNOWN]
 
 
 # -- errors that must not be retried ---------------------------------------------------------

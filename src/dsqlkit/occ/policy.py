@@ -7,7 +7,6 @@ share one decision procedure and differ only in how they sleep.
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 import time
@@ -15,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from dsqlkit._log import get_logger
 from dsqlkit.errors import ConfigError, OCCRetryExhausted
 from dsqlkit.occ.classify import OCCType, classify_occ, sqlstate_of
 from dsqlkit.occ.metrics import OCCMetrics, default_metrics
@@ -27,7 +27,8 @@ __all__ = [
     "delays",
 ]
 
-logger = logging.getLogger(__name__)
+# logging.getLogger(__name__), imported only once logging is in use (cold start).
+logger = get_logger(__name__)
 
 OnRetry = Callable[[int, float, BaseException], object]
 """``on_retry(attempt, delay, error)``: ``attempt`` is the 1-based number of the attempt that

@@ -8,9 +8,7 @@ a single ``await``.
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import inspect
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import aclosing
@@ -129,9 +127,14 @@ async def occ_attempts_async(
     metrics: OCCMetrics | None = None,
     rng: RandomSource | None = None,
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    sleep: Callable[[float], Awaitable[object]] | None = None,
 ) -> AsyncGenerator[Attempt, None]:
-    """:func:`occ_attempts` for ``async for``; waits without blocking the event loop."""
+    """:func:`occ_attempts` for ``async for``; waits with ``asyncio.sleep`` unless told."""
+    if sleep is None:
+        # Imported here: asyncio costs a sync-only process (a Lambda init) ~20 ms.
+        import asyncio
+
+        sleep = asyncio.sleep
     state = RetryState(_resolve(config), metrics=metrics, rng=rng, clock=clock)
     while True:
         attempt = Attempt(state)
@@ -171,7 +174,7 @@ async def retry_on_occ_async(
     metrics: OCCMetrics | None = None,
     rng: RandomSource | None = None,
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    sleep: Callable[[float], Awaitable[object]] | None = None,
 ) -> T:
     """:func:`retry_on_occ` for a coroutine function: ``await retry_on_occ_async(cfg, fn)``."""
     attempts = occ_attempts_async(config, metrics=metrics, rng=rng, clock=clock, sleep=sleep)
@@ -218,6 +221,8 @@ def occ_retry(
         resolved = resolved.with_options(**overrides)
 
     def decorate(fn: F) -> F:
+        import inspect
+
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)

@@ -1,8 +1,8 @@
 """Transaction runners: own BEGIN/COMMIT/ROLLBACK and re-run the whole transaction on conflict.
 
-DSQL reports a lost conflict at COMMIT; PostgreSQL (and so ``dsqlkit local`` until it emulates
-commit-time OCC) reports it at the statement. A runner that opens and closes the transaction
-itself covers both, which a retry loop around a single statement cannot.
+DSQL reports a lost conflict at COMMIT; plain PostgreSQL reports it at the statement that
+touches a row changed since the transaction's snapshot. A runner that opens and closes the
+transaction itself covers both, which a retry loop around a single statement cannot.
 
 Each supported target gets a small context manager that opens a transaction and yields the
 object the callback works with; nothing else differs between drivers. Drivers are recognised
@@ -17,15 +17,14 @@ DSQL does not support.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, TypeVar
 
+from dsqlkit._log import get_logger
 from dsqlkit.errors import DsqlError
 from dsqlkit.occ.metrics import OCCMetrics
 from dsqlkit.occ.policy import OCCRetryConfig, RandomSource
@@ -33,7 +32,7 @@ from dsqlkit.occ.retry import retry_on_occ, retry_on_occ_async
 
 __all__ = ["run_transaction", "run_transaction_async"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -348,7 +347,7 @@ async def run_transaction_async(
     metrics: OCCMetrics | None = None,
     rng: RandomSource | None = None,
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    sleep: Callable[[float], Awaitable[object]] | None = None,
 ) -> T:
     """:func:`run_transaction` for asyncio drivers: ``await fn(conn)`` inside the transaction."""
     opener = _async_opener(target)
