@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "token": ("print an IAM auth token, as 'aws dsql generate-db-connect-auth-token' does",
               "dsqlkit.auth.cli"),
     "check": ("report the statements Aurora DSQL would refuse", "dsqlkit.checker"),
+    "bench": ("load-test the DAT401 transfer workload: OCC conflicts, retries, latency",
+              "dsqlkit.bench.cli"),
+    "demo": ("the DAT401 story on a local endpoint: conflicts without retry, none with it",
+             "dsqlkit.demo"),
 }
 
 

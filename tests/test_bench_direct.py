@@ -1,0 +1,159 @@
+"""dsqlkit bench against a local DSQL endpoint: the transfer transaction, contended runs, money.
+
+Runs on the session-wide ``dsql_local`` (the bench owns the ``accounts`` table there and resets
+it in each test), plus one private endpoint that fails every COMMIT with OC000, where conflict
+counts must be exact.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+
+from dsqlkit.bench import LoadPlan, TargetSpec, run_bench, setup_accounts, validate
+from dsqlkit.bench.outcomes import Outcome
+from dsqlkit.bench.stats import Recorder
+from dsqlkit.bench.targets import DirectTarget, sum_balances
+from dsqlkit.bench.workload import Transfer
+from dsqlkit.local import LocalDSQL
+
+pytestmark = pytest.mark.slow
+
+
+def direct(ep: LocalDSQL, **options: Any) -> TargetSpec:
+    return TargetSpec("direct", conn=ep.url(), credentials=ep.credentials, **options)
+
+
+def balances(ep: LocalDSQL) -> dict[int, Decimal]:
+    with psycopg.connect(ep.dsn(), autocommit=True) as conn:
+        return dict(conn.execute("SELECT id, balance FROM accounts ORDER BY id").fetchall())
+
+
+def test_setup_and_the_transfer_rules(dsql_local: LocalDSQL) -> None:
+    spec = direct(dsql_local, retry=False)
+    setup_accounts(spec, 20)
+    before = balances(dsql_local)
+    assert before == dict.fromkeys(range(1, 21), Decimal(100))
+    target = DirectTarget(spec, threads=1)
+    try:
+        transfer = target.worker(Recorder(time.perf_counter()))
+        poor = transfer(Transfer(1, 2, Decimal("100.01")))
+        assert poor.outcome is Outcome.INSUFFICIENT_BALANCE
+        assert poor.message == "Insufficient balance: -0.01"
+        missing = transfer(Transfer(3, 999, Decimal("1.00")))
+        assert missing.outcome is Outcome.OTHER
+        assert missing.message == "Payee account not found: 999"
+        same = transfer(Transfer(4, 4, Decimal("1.00")))
+        assert same.outcome is Outcome.OTHER and same.message is not None
+        assert "must be different" in same.message
+        # Every refused transfer was rolled back, debit included.
+        assert balances(dsql_local) == before
+        ok = transfer(Transfer(1, 2, Decimal("1.50")))
+        assert ok.outcome is Outcome.SUCCESS and ok.attempts == 1
+    finally:
+        target.close()
+    after = balances(dsql_local)
+    assert after[1] == Decimal("98.50") and after[2] == Decimal("101.50")
+    assert sum(after.values()) == sum(before.values())
+
+
+@pytest.mark.parametrize("retry", [False, True], ids=["ch04-no-retry", "ch05-retry"])
+def test_contended_run_adds_up_and_conserves_money(dsql_local: LocalDSQL, retry: bool,
+                                                   tmp_path: Any) -> None:
+    spec = direct(dsql_local, retry=retry)
+    setup_accounts(spec, 1000)
+    plan = LoadPlan(threads=8, accounts=5, iterations=200, seed=11)
+    result = run_bench(spec, plan, label="ch05" if retry else "ch04")
+    s = result.summary
+    assert s.transfers == 200 and s.successes + s.failures == 200
+    assert s.failures == sum(s.failures_by_class.values())
+    assert result.stats.latency.get_total_count() == 200
+    assert result.balances is not None
+    assert result.balances.conserved, result.balances
+    assert result.balances.before == Decimal(100_000) and result.balances.accounts == 1000
+    # Every conflict either was retried or failed its transfer.
+    assert s.total_conflicts_seen == s.retries + s.conflict_failures
+    assert s.other_failures == 0, result.stats.examples
+    if retry:
+        assert s.conflict_failures == 0
+        assert s.total_conflicts_seen > 0, "8 writers on 5 accounts never collided"
+        assert s.max_attempts > 1 and s.retried_transfers > 0
+    else:
+        assert s.conflict_failures > 0, "8 writers on 5 accounts never collided"
+        assert s.retries == 0 and s.max_attempts == 1
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(result.to_dict()))
+    doc = json.loads(path.read_text())
+    assert validate(doc) == []
+    assert doc["balances"]["conserved"] is True
+    assert doc["config"]["retry"] is retry
+
+
+def test_processes_split_the_work_and_merge(dsql_local: LocalDSQL) -> None:
+    spec = direct(dsql_local, retry=True)
+    setup_accounts(spec, 1000)
+    result = run_bench(spec, LoadPlan(threads=4, processes=2, accounts=1000, iterations=301,
+                                      seed=3))
+    s = result.summary
+    assert s.transfers == 301 and s.successes + s.failures == 301
+    assert result.balances is not None and result.balances.conserved
+    assert sum(result.stats.timeline_successes) + sum(result.stats.timeline_failures) == 301
+
+
+@pytest.fixture(scope="module")
+def always_conflicting() -> Iterator[LocalDSQL]:
+    """An endpoint where every COMMIT loses an OCC conflict (fault injection)."""
+    with LocalDSQL(ephemeral=True, port=0, inject="occ=1.0", seed=1) as ep:
+        setup_accounts(direct(ep), 50)
+        yield ep
+
+
+def test_exact_conflict_counts_when_every_commit_conflicts(
+    always_conflicting: LocalDSQL,
+) -> None:
+    ep = always_conflicting
+    plan = LoadPlan(threads=3, accounts=50, iterations=30, seed=2)
+    ch04 = run_bench(direct(ep, retry=False), plan).summary
+    assert ch04.failures_by_class[Outcome.OC000] == 30 and ch04.successes == 0
+    assert ch04.conflicts_seen[Outcome.OC000] == 30 and ch04.retries == 0
+    ch05 = run_bench(direct(ep, retry=True, retry_preset="low_latency", max_attempts=3), plan)
+    s = ch05.summary
+    assert s.failures_by_class[Outcome.OC000] == 30
+    assert dict(ch05.stats.attempts) == {3: 30}
+    assert s.retries == 60 and s.conflicts_seen[Outcome.OC000] == 90
+    assert s.retried_share == 1.0 and s.mean_attempts == 3.0
+    assert ch05.balances is not None and ch05.balances.conserved
+
+
+def test_schema_change_during_a_run_is_counted_as_oc001(always_conflicting: LocalDSQL) -> None:
+    ep = always_conflicting
+
+    def ddl() -> None:
+        time.sleep(0.3)
+        with psycopg.connect(ep.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS bench_ddl_probe (id int PRIMARY KEY)")
+
+    thread = threading.Thread(target=ddl)
+    thread.start()
+    result = run_bench(direct(ep, retry=False),
+                       LoadPlan(threads=3, accounts=50, iterations=None, duration=0.8, seed=5))
+    thread.join()
+    s = result.summary
+    assert s.failures_by_class[Outcome.OC001] >= 1
+    assert s.failures_by_class[Outcome.OC000] + s.failures_by_class[Outcome.OC001] == s.transfers
+    assert "OC001" in result.stats.examples[Outcome.OC001][0]
+    # The balance check itself survived the schema change (it retries its read).
+    assert result.balances is not None and result.balances.conserved
+
+
+def test_balance_sum_reads_every_account(dsql_local: LocalDSQL) -> None:
+    setup_accounts(direct(dsql_local), 7)
+    with psycopg.connect(dsql_local.dsn(), autocommit=True) as conn:
+        assert sum_balances(conn) == (Decimal(700), 7)
