@@ -290,7 +290,7 @@ class DsqlConfig:
              application_name if application_name is not None else _application_name(None))
         init(self, "params", tuple((str(k), str(v)) for k, v in params))
         init(self, "credentials_provider", credentials_provider)
-        self.__post_init__()
+        self._validate()
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"DsqlConfig is immutable: use config.with_params({name}=…)")
@@ -319,7 +319,7 @@ class DsqlConfig:
     def __reduce__(self) -> tuple[Any, ...]:
         return (_restore, (tuple(getattr(self, name) for name in _FIELDS),))
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         if not self.host:
             raise ConfigError(
                 "host is required: use postgres://admin@<cluster-id>.dsql.<region>.on.aws/postgres"
