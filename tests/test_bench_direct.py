@@ -157,3 +157,36 @@ def test_balance_sum_reads_every_account(dsql_local: LocalDSQL) -> None:
     setup_accounts(direct(dsql_local), 7)
     with psycopg.connect(dsql_local.dsn(), autocommit=True) as conn:
         assert sum_balances(conn) == (Decimal(700), 7)
+
+
+def test_money_created_during_a_run_fails_loudly(dsql_local: LocalDSQL, tmp_path: Any) -> None:
+    """The balance check is real: money added behind the workload's back is caught."""
+    import subprocess
+    import sys
+
+    setup_accounts(direct(dsql_local), 1000)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **dsql_local.env()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dsqlkit", "bench", "transfer", "--conn", dsql_local.url(),
+         "--duration", "2", "--threads", "2", "--accounts", "1000", "--no-progress",
+         "--json", str(tmp_path / "run.json")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        # Once a transfer has committed, the "before" sum has been read: now mint money.
+        with psycopg.connect(dsql_local.dsn(), autocommit=True) as conn:
+            deadline = time.monotonic() + 30
+            while conn.execute("SELECT count(*) FROM accounts WHERE balance <> 100"
+                               ).fetchone() == (0,):
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.02)
+            conn.execute("UPDATE accounts SET balance = balance + 5 WHERE id = 1000")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, out + err
+    assert "MONEY NOT CONSERVED" in err and "100005" in err
+    assert "NOT CONSERVED" in out
+    doc = json.loads((tmp_path / "run.json").read_text())
+    assert doc["balances"]["conserved"] is False and validate(doc) == []

@@ -327,3 +327,25 @@ def test_one_pass_percentiles_agree_with_hdrhistogram() -> None:
             h.record_value(int(rng.lognormvariate(8, 1.5)) + 1)
         assert [int(v) for v in percentiles(buckets(h), qs)] == [
             h.get_value_at_percentile(q) for q in qs]
+
+
+def test_ctrl_c_stops_the_run_and_reports_what_finished(tmp_path: object) -> None:
+    import signal
+    import time
+    from pathlib import Path
+
+    out = Path(str(tmp_path)) / "partial.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dsqlkit", "bench", "transfer", "--target", "noop",
+         "--duration", "60", "--threads", "2", "--no-progress", "--json", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "(interrupted)" in stdout
+    doc = json.loads(out.read_text())
+    assert doc["interrupted"] is True
+    assert validate(doc) == []
+    assert 0 < doc["summary"]["elapsed_seconds"] < 30 and doc["summary"]["transfers"] > 0

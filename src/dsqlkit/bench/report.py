@@ -200,6 +200,12 @@ class Plot:
 # -- charts ----------------------------------------------------------------------------------
 
 
+def _panel_width(runs: Sequence[RunResult]) -> int:
+    # One run gets the whole row: a wider drawing keeps text and marks at the same size as
+    # in the two-column layout instead of scaling them up.
+    return W if len(runs) > 1 else W * 2
+
+
 def _latency_range(runs: Sequence[RunResult]) -> tuple[float, float] | None:
     lats = [r.summary.latency for r in runs if r.summary.latency is not None]
     if not lats:
@@ -223,7 +229,7 @@ def latency_histograms(runs: Sequence[RunResult]) -> list[str]:
     y_ticks = nice_ticks(max(max(s) for s in shares) or 1.0, 4)
     out = []
     for i, r in enumerate(runs):
-        p = Plot(edges[0], edges[-1], y_ticks[-1], x_log=True)
+        p = Plot(edges[0], edges[-1], y_ticks[-1], x_log=True, width=_panel_width(runs))
         p.y_grid(y_ticks, lambda v: f"{v:g}%")
         colour = RUN_COLOURS[i % len(RUN_COLOURS)]
         for k, share in enumerate(shares[i]):
@@ -318,7 +324,7 @@ def attempts_charts(runs: Sequence[RunResult]) -> list[str]:
     y_ticks = nice_ticks(max((max(s, default=0) for s in shares), default=1.0) or 1.0, 4)
     out = []
     for i, r in enumerate(runs):
-        p = Plot(0.5, len(categories) + 0.5, y_ticks[-1])
+        p = Plot(0.5, len(categories) + 0.5, y_ticks[-1], width=_panel_width(runs))
         p.y_grid(y_ticks, lambda v: f"{v:g}%")
         colour = RUN_COLOURS[i % len(RUN_COLOURS)]
         slot = (p.right - p.left) / len(categories)
@@ -357,7 +363,7 @@ def timeline_charts(runs: Sequence[RunResult]) -> list[str]:
     out = []
     for r in runs:
         st = r.stats
-        p = Plot(0, seconds, y_ticks[-1])
+        p = Plot(0, seconds, y_ticks[-1], width=_panel_width(runs))
         p.y_grid(y_ticks)
         slot = (p.right - p.left) / seconds
         bar = max(slot * 0.78, 1.0)

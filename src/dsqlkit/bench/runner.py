@@ -122,6 +122,10 @@ def _run_threads(
     deadline = None if plan.duration is None else epoch + plan.duration
     recorders = [Recorder(epoch) for _ in worker_ids]
     errors: list[BaseException] = []
+    # Completion is signalled with Events rather than observed with Thread.join: a Ctrl-C
+    # that lands inside join() can leave CPython believing a running thread has stopped
+    # (later joins return at once), and the stats would be merged under a live writer.
+    finished = [threading.Event() for _ in worker_ids]
 
     def body(i: int) -> None:
         try:
@@ -136,25 +140,28 @@ def _run_threads(
         except BaseException as exc:  # surfaced by the caller, with every worker stopped
             errors.append(exc)
             stop.set()
+        finally:
+            finished[i].set()
 
     threads = [threading.Thread(target=body, args=(i,), name=f"bench-worker-{w}", daemon=True)
                for i, w in enumerate(worker_ids)]
     for th in threads:
         th.start()
     try:
-        for th in threads:
-            while th.is_alive():
-                th.join(_TICK)
+        for done in finished:
+            while not done.wait(_TICK):
                 if tick is not None:
                     tick(recorders, time.perf_counter() - epoch)
+        elapsed = time.perf_counter() - epoch
+        if tick is not None:
+            tick(recorders, elapsed)  # the bar ends at the true count
     except KeyboardInterrupt:
         # Let in-flight transfers finish so that their outcome is counted and, in direct
         # mode, the balance check still means something.
         stop.set()
-        for th in threads:
-            th.join()
+        for done in finished:
+            done.wait()
         raise _Interrupted(RunStats.merge(recorders), time.perf_counter() - epoch) from None
-    elapsed = time.perf_counter() - epoch
     if errors:
         raise BenchError(f"a worker crashed: {errors[0]!r}") from errors[0]
     return RunStats.merge(recorders), elapsed
