@@ -121,9 +121,8 @@ def run(args: argparse.Namespace) -> int:
 
     t = time.perf_counter()
     with LocalDSQL(ephemeral=True, port=0) as ep:
-        out.print(f"[green]✓[/] local DSQL endpoint on localhost:{ep.port} (embedded "
-                  f"PostgreSQL, TLS verify-full, IAM token auth) "
-                  f"[dim]{time.perf_counter() - t:.1f} s[/]")
+        out.print(f"[green]✓[/] local DSQL endpoint on localhost:{ep.port} (TLS, IAM auth, "
+                  f"embedded PostgreSQL) [dim]{time.perf_counter() - t:.1f} s[/]")
         runs = run_workloads(ep, iters=args.iters, threads=args.threads,
                              accounts=args.accounts, seed=args.seed,
                              retry_preset=args.retry_preset, progress=progress,
@@ -132,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     out.print()
     out.print(comparison_table(runs))
     for line in headline(runs):
-        out.print(f"  {line}")
+        out.print(f"  {line}", soft_wrap=True)
     without, with_retry = runs[0].summary, runs[1].summary
     if without.conflict_failures == 0:
         out.print("[yellow]  Note: no transfer failed with a conflict without retry this time; "

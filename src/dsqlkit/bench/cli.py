@@ -137,7 +137,7 @@ def _transfer(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .console import ProgressDisplay, render_summary
-    from .runner import BenchError, LoadPlan, run_bench, setup_accounts
+    from .runner import BenchError, LoadPlan, default_label, run_bench, setup_accounts
 
     if args.iters is not None and args.duration is not None:
         return _fail("give either --iters or --duration, not both")
@@ -160,8 +160,8 @@ def _transfer(args: argparse.Namespace) -> int:
         if args.setup:
             err.print(f"Setting up {args.accounts:,} accounts (balance 100 each)…")
             setup_accounts(spec, args.accounts)
-        label = args.label or None
-        with ProgressDisplay(err, label or spec.kind, total=plan.iterations,
+        label = args.label or default_label(spec)
+        with ProgressDisplay(err, label, total=plan.iterations,
                              duration=plan.duration, enabled=not args.no_progress) as progress:
             result = run_bench(spec, plan, label=label, progress=progress)
     except BenchError as exc:

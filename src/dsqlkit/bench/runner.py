@@ -31,7 +31,7 @@ from .stats import Recorder, RunStats
 from .targets import Target, TargetSpec, TransferFn, open_target, sum_balances
 from .workload import TransferGenerator
 
-__all__ = ["BenchError", "LoadPlan", "ProgressFn", "run_bench", "split"]
+__all__ = ["BenchError", "LoadPlan", "ProgressFn", "default_label", "run_bench", "split"]
 
 ProgressFn = Callable[[int, int, float], None]
 """``progress(done, failed, elapsed_seconds)``, called about ten times a second."""
@@ -386,7 +386,7 @@ def run_bench(
             with contextlib.suppress(Exception):
                 balance_conn.close()
     return RunResult(
-        label=label or _default_label(spec),
+        label=label or default_label(spec),
         config=config,
         started_at=started_at,
         elapsed=elapsed,
@@ -396,7 +396,8 @@ def run_bench(
     )
 
 
-def _default_label(spec: TargetSpec) -> str:
+def default_label(spec: TargetSpec) -> str:
+    """The run's name when ``--label`` is not given."""
     if spec.kind == "direct":
         return "retry" if spec.retry else "no retry"
     if spec.kind == "lambda":
