@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "dsqlkit.bench.cli"),
     "demo": ("the DAT401 story on a local endpoint: conflicts without retry, none with it",
              "dsqlkit.demo"),
+    "lambda": ("serve Python handlers over the AWS Lambda Invoke API", "dsqlkit.lambda_local.cli"),
 }
 
 
