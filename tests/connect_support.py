@@ -20,6 +20,13 @@ from dsqlkit.local import LocalDSQL
 
 WRONG = Credentials("AKIAWRONGWRONGWRONG0", "wrong-secret-never-shown", None)
 
+# The age-cap scenario, scaled down from DSQL's 60-minute cap: the endpoint cuts connections
+# at AGE_CAP seconds and pools retire theirs at POOL_LIFETIME. Production keeps a 5-minute
+# margin (55 of 60 min); half a second here absorbs the scheduling stalls of a loaded test
+# machine that 5 minutes absorb in production.
+AGE_CAP = 2.0
+POOL_LIFETIME = 1.5
+
 
 @contextmanager
 def extra_endpoint(base: LocalDSQL, **settings: Any) -> Iterator[LocalDSQL]:

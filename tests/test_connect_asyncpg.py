@@ -12,7 +12,14 @@ import asyncpg
 import pytest
 
 import dsqlkit
-from connect_support import WRONG, SwitchableCredentials, extra_endpoint, run_tasks
+from connect_support import (
+    AGE_CAP,
+    POOL_LIFETIME,
+    WRONG,
+    SwitchableCredentials,
+    extra_endpoint,
+    run_tasks,
+)
 from dsqlkit import asyncpg as da
 from dsqlkit.config import DsqlConfig
 from dsqlkit.errors import AuthenticationError, ConfigError
@@ -122,6 +129,18 @@ async def test_max_lifetime_retires_connections(dsql_local: LocalDSQL,
         assert "retiring a pooled connection" in caplog.text
 
 
+async def test_a_connection_released_past_its_lifetime_is_closed(dsql_local: LocalDSQL) -> None:
+    async with da.create_pool(dsql_local.url(), credentials=dsql_local.credentials,
+                              min_size=0, max_size=1, max_lifetime=0.3) as pool:
+        conn = await pool.acquire()
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        raw = conn._con
+        await asyncio.sleep(0.4)
+        await pool.release(conn)  # closed here, not reset and parked
+        assert raw.is_closed()
+        assert await pool.fetchval("SELECT pg_backend_pid()") != pid
+
+
 async def test_three_second_tokens_keep_working(dsql_local: LocalDSQL) -> None:
     opened: list[float] = []
 
@@ -180,9 +199,9 @@ async def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
     async def init(conn: Any) -> None:
         opened.append(time.monotonic())
 
-    with extra_endpoint(dsql_local, max_connection_age=2.0) as ep:
+    with extra_endpoint(dsql_local, max_connection_age=AGE_CAP) as ep:
         async with da.create_pool(ep.url(), credentials=ep.credentials, min_size=4,
-                                  max_size=4, max_lifetime=2.0 * 55 / 60, init=init) as pool:
+                                  max_size=4, max_lifetime=POOL_LIFETIME, init=init) as pool:
             async def work() -> None:
                 async with pool.acquire() as conn:
                     await conn.fetchval("SELECT 1")

@@ -11,7 +11,15 @@ import psycopg
 import pytest
 
 import dsqlkit
-from connect_support import WRONG, SwitchableCredentials, extra_endpoint, run_tasks, run_threads
+from connect_support import (
+    AGE_CAP,
+    POOL_LIFETIME,
+    WRONG,
+    SwitchableCredentials,
+    extra_endpoint,
+    run_tasks,
+    run_threads,
+)
 from dsqlkit import psycopg as dp
 from dsqlkit.errors import AuthenticationError, ConfigError, CredentialsError
 from dsqlkit.local import LocalDSQL
@@ -181,11 +189,11 @@ def test_refresh_failure_then_recovery(dsql_local: LocalDSQL,
 
 
 def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
-    # The endpoint cuts connections at 2 s, as DSQL does at 60 min; the pool's lifetime is
-    # scaled like the default (55 of 60 min): the pool retires connections first.
-    with extra_endpoint(dsql_local, max_connection_age=2.0) as ep, dp.create_pool(
+    # The endpoint cuts connections at AGE_CAP, as DSQL does at 60 min; the pool retires
+    # them first (POOL_LIFETIME), as its 55-minute default does on DSQL.
+    with extra_endpoint(dsql_local, max_connection_age=AGE_CAP) as ep, dp.create_pool(
         ep.url(), credentials=ep.credentials, min_size=4, max_size=4,
-        max_lifetime=2.0 * 55 / 60, kwargs={"autocommit": True},
+        max_lifetime=POOL_LIFETIME, kwargs={"autocommit": True},
     ) as pool:
         def work() -> None:
             with pool.connection() as conn:
@@ -305,9 +313,9 @@ async def test_async_three_second_tokens(dsql_local: LocalDSQL) -> None:
 
 
 async def test_async_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
-    with extra_endpoint(dsql_local, max_connection_age=2.0) as ep:
+    with extra_endpoint(dsql_local, max_connection_age=AGE_CAP) as ep:
         pool = dp.create_async_pool(ep.url(), credentials=ep.credentials, min_size=4,
-                                    max_size=4, max_lifetime=2.0 * 55 / 60,
+                                    max_size=4, max_lifetime=POOL_LIFETIME,
                                     kwargs={"autocommit": True})
         async with pool:
             async def work() -> None:

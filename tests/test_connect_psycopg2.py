@@ -10,7 +10,14 @@ import psycopg2
 import pytest
 
 import dsqlkit
-from connect_support import WRONG, SwitchableCredentials, extra_endpoint, run_threads
+from connect_support import (
+    AGE_CAP,
+    POOL_LIFETIME,
+    WRONG,
+    SwitchableCredentials,
+    extra_endpoint,
+    run_threads,
+)
 from dsqlkit import psycopg2 as d2
 from dsqlkit.errors import AuthenticationError, ConfigError, PoolTimeout
 from dsqlkit.local import LocalDSQL
@@ -150,9 +157,9 @@ def test_refresh_failure_then_recovery(dsql_local: LocalDSQL,
 
 
 def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
-    with extra_endpoint(dsql_local, max_connection_age=2.0) as ep, d2.create_pool(
+    with extra_endpoint(dsql_local, max_connection_age=AGE_CAP) as ep, d2.create_pool(
         ep.url(), credentials=ep.credentials, min_size=4, max_size=4,
-        max_lifetime=2.0 * 55 / 60,
+        max_lifetime=POOL_LIFETIME,
     ) as pool:
         def work() -> None:
             with pool.connection() as conn:

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import event, text
 
 import dsqlkit
-from connect_support import WRONG, extra_endpoint, run_tasks, run_threads
+from connect_support import AGE_CAP, POOL_LIFETIME, WRONG, extra_endpoint, run_tasks, run_threads
 from dsqlkit import sqlalchemy as dsa
 from dsqlkit.errors import AuthenticationError, ConfigError
 from dsqlkit.local import LocalDSQL
@@ -102,9 +102,9 @@ def test_three_second_tokens_keep_working(dsql_local: LocalDSQL) -> None:
 
 
 def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
-    with extra_endpoint(dsql_local, max_connection_age=2.0) as ep:
+    with extra_endpoint(dsql_local, max_connection_age=AGE_CAP) as ep:
         engine = dsa.create_engine(ep.url(), credentials=ep.credentials, pool_size=4,
-                                   max_overflow=0, pool_recycle=2.0 * 55 / 60)
+                                   max_overflow=0, pool_recycle=POOL_LIFETIME)
         try:
             def work() -> None:
                 with engine.connect() as conn:

@@ -369,6 +369,20 @@ class Pool(asyncpg.Pool):  # type: ignore[misc]
     def acquire(self, *, timeout: float | None = None) -> Any:
         return _AcquireContext(self, timeout)
 
+    async def release(self, connection: Any, *, timeout: float | None = None) -> None:
+        # A connection past its lifetime is closed now rather than reset (a round trip
+        # the server may cut) and parked in the pool until its next checkout.
+        expire_at = getattr(connection, "_dsqlkit_expire_at", None)
+        if expire_at is not None and time.monotonic() >= expire_at \
+                and not connection.is_closed():
+            logger.debug("retiring a pooled connection at max_lifetime (%g s)",
+                         self.max_lifetime)
+            try:
+                await connection.close(timeout=timeout if timeout is not None else 5.0)
+            except Exception:
+                connection.terminate()
+        await super().release(connection, timeout=timeout)
+
     async def close(self) -> None:
         try:
             await super().close()
