@@ -584,3 +584,34 @@ def test_keep_alive_and_idle_connections(server: LambdaServer, client: Any) -> N
     finally:
         idle.close()
     assert call(client, "echo", {"after": "all that"})[1]["event"] == {"after": "all that"}
+
+
+def test_environments_die_with_a_killed_server(functions_dir: Path) -> None:
+    """A server killed without cleanup must not leave frozen (stopped) environments."""
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dsqlkit", "lambda", "serve", "--functions", str(functions_dir),
+         "--port", "0", "--json", "--quiet", "--no-inherit-env"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        assert select.select([proc.stdout], [], [], 30)[0], "the server did not start"
+        url = json.loads(proc.stdout.readline())["endpoint_url"]
+        pid = call(client_for(url), "echo", {})[1]["pid"]
+        os.kill(pid, 0)  # alive, and frozen between invocations
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"environment {pid} outlived its killed server")

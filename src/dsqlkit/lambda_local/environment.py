@@ -52,6 +52,76 @@ LogSink = Callable[[str, str], None]
 """``sink(function_name, text)``: where environment output and REPORT lines go."""
 
 
+_PR_SET_PDEATHSIG = 1
+_prctl: Any = None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
+    # A frozen environment (SIGSTOP) never reads the EOF that tells it the server is gone, so
+    # a server killed without cleanup would leave stopped processes behind. SIGKILL from the
+    # kernel when the parent dies reaches a stopped process too. Only a call through a
+    # pointer resolved in the parent: nothing that could take a lock between fork and exec.
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class _Spawner:
+    """Starts every environment process from one long-lived thread.
+
+    Linux delivers the parent-death signal when the *thread* that forked the child exits, not
+    the process; environments are started while serving a request, from short-lived HTTP
+    threads, so forking there would kill them when the request ends.
+    """
+
+    _lock = threading.Lock()
+    _instance: _Spawner | None = None
+
+    def __init__(self) -> None:
+        import queue
+
+        self._queue: queue.Queue[tuple[Callable[[], Any], list[Any], threading.Event]] = (
+            queue.Queue())
+        threading.Thread(target=self._run, daemon=True, name="lambda-spawner").start()
+
+    @classmethod
+    def get(cls) -> _Spawner:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def _run(self) -> None:
+        while True:
+            fn, out, done = self._queue.get()
+            try:
+                out.append(fn())
+            except BaseException as exc:
+                out.append(exc)
+            done.set()
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        out: list[Any] = []
+        done = threading.Event()
+        self._queue.put((fn, out, done))
+        done.wait()
+        if isinstance(out[0], BaseException):
+            raise out[0]
+        return out[0]
+
+
+def _popen(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    global _prctl
+    if sys.platform.startswith("linux"):
+        if _prctl is None:
+            import ctypes
+
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        kwargs["preexec_fn"] = _die_with_parent
+        proc: subprocess.Popen[bytes] = _Spawner.get().call(
+            lambda: subprocess.Popen(args, **kwargs))
+        return proc
+    return subprocess.Popen(args, **kwargs)
+
+
 def _package_parent() -> str:
     # The directory that holds the ``dsqlkit`` package, so an environment can import the
     # runtime whether dsqlkit is installed or only on the server's PYTHONPATH.
@@ -118,7 +188,7 @@ class ExecutionEnvironment:
         c2p_r, c2p_w = os.pipe()
         started = time.perf_counter()
         try:
-            self.proc = subprocess.Popen(
+            self.proc = _popen(
                 [sys.executable, "-m", "dsqlkit.lambda_local.runtime", str(p2c_r), str(c2p_w)],
                 cwd=self.spec.code_root, env=self.environ, pass_fds=(p2c_r, c2p_w),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
