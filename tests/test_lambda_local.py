@@ -72,6 +72,12 @@ HANDLERS = {
             print("about to fail")
             raise BankruptError("no money left")
     """,
+    "chatty/handler.py": """
+        def handler(event, context):
+            for i in range(event["lines"]):
+                print(f"{i:06d} " + "x" * 1000)
+            return "done"
+    """,
     "size/handler.py": """
         def handler(event, context):
             return {"length": len(event["data"])}
@@ -170,7 +176,7 @@ def error_code(exc: pytest.ExceptionInfo[ClientError]) -> tuple[str, int]:
 
 def test_discovery(functions_dir: Path) -> None:
     specs = {s.name: s for s in discover(functions_dir)}
-    assert set(specs) == {"echo", "fail", "size", "big", "slow", "crash", "badresult",
+    assert set(specs) == {"echo", "fail", "size", "chatty", "big", "slow", "crash", "badresult",
                           "badimport", "sys", "nohandler", "syntax", "initfail", "console"}
     assert specs["echo"].handler == "echo.handler.handler"
     assert specs["echo"].code_root == functions_dir.resolve()
@@ -284,6 +290,13 @@ def test_log_tail(client: Any, server: LambdaServer) -> None:
     assert "LogResult" not in response
     response, _ = call(client, "echo", {"p": "x" * 10_000}, LogType="Tail")
     assert len(base64.b64decode(response["LogResult"])) <= 4096
+
+
+def test_a_handler_printing_megabytes(client: Any) -> None:
+    response, body = call(client, "chatty", {"lines": 3000}, LogType="Tail")
+    assert body == "done"
+    tail = base64.b64decode(response["LogResult"]).decode()
+    assert "002999 xxx" in tail and "REPORT RequestId" in tail
 
 
 def test_function_error(client: Any) -> None:

@@ -57,18 +57,45 @@ class LambdaContext:
                 f"invoked_function_arn={self.invoked_function_arn!r})")
 
 
+class _LogBuffer:
+    """One invocation's log, stdout and stderr interleaved as written. Keeps the end only:
+    the server needs 4 KB for a log tail, and a handler printing without bound must not grow
+    the environment's memory or the frame that carries the log."""
+
+    LIMIT = 256 * 1024
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.recording = False
+
+    def add(self, text: str) -> None:
+        if not self.recording:
+            return
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size > 2 * self.LIMIT:
+            kept = "".join(self.parts)[-self.LIMIT:]
+            self.parts = [kept]
+            self.size = len(kept)
+
+    def take(self) -> str:
+        text = "".join(self.parts)[-self.LIMIT:]
+        self.parts = []
+        self.size = 0
+        return text
+
+
 class _Capture:
     """A text stream that records what the handler writes and passes it on to the real one
     (the server forwards that to its own log), like Lambda sending stdout to CloudWatch."""
 
-    def __init__(self, original: TextIO) -> None:
+    def __init__(self, original: TextIO, buffer: _LogBuffer) -> None:
         self.original = original
-        self.parts: list[str] = []
-        self.recording = False
+        self.buffer = buffer
 
     def write(self, text: str) -> int:
-        if self.recording:
-            self.parts.append(text)
+        self.buffer.add(text)
         try:
             self.original.write(text)
             self.original.flush()
@@ -88,11 +115,6 @@ class _Capture:
     @property
     def encoding(self) -> str:
         return "utf-8"
-
-    def take(self) -> str:
-        text = "".join(self.parts)
-        self.parts.clear()
-        return text
 
 
 class _RequestIdFilter(logging.Filter):
@@ -191,10 +213,9 @@ class Runtime:
     def __init__(self, in_fd: int, out_fd: int) -> None:
         self.in_fd = in_fd
         self.out_fd = out_fd
-        self.stdout = _Capture(sys.stdout)
-        self.stderr = _Capture(sys.stderr)
-        # One buffer keeps the interleaving of stdout and stderr as written.
-        self.stderr.parts = self.stdout.parts
+        self.log = _LogBuffer()
+        self.stdout = _Capture(sys.stdout, self.log)
+        self.stderr = _Capture(sys.stderr, self.log)
         sys.stdout = self.stdout
         sys.stderr = self.stderr
         self.request_filter = _install_logging(self.stdout)  # type: ignore[arg-type]
@@ -202,8 +223,8 @@ class Runtime:
         self.init_ms = 0.0
 
     def _record(self, on: bool) -> str:
-        self.stdout.recording = self.stderr.recording = on
-        return "" if on else self.stdout.take()
+        self.log.recording = on
+        return "" if on else self.log.take()
 
     def init(self, handler: str) -> None:
         self._record(True)
