@@ -58,7 +58,12 @@ HANDLERS = {
                 "name": context.function_name, "arn": context.invoked_function_arn,
                 "version": context.function_version, "memory": context.memory_limit_in_mb,
                 "remaining": context.get_remaining_time_in_millis(),
-                "request_id": context.aws_request_id, "client_context": context.client_context,
+                "request_id": context.aws_request_id,
+                "client_context": context.client_context and {
+                    "custom": context.client_context.custom, "env": context.client_context.env,
+                    "installation_id": context.client_context.client.installation_id,
+                },
+                "identity": context.identity.cognito_identity_id,
                 "log_group": context.log_group_name,
                 "env": {k: os.environ.get(k) for k in names},
             }
@@ -396,9 +401,14 @@ def test_invocation_types(client: Any, tmp_path: Path) -> None:
 
 
 def test_client_context(client: Any) -> None:
-    context = {"custom": {"k": "v"}, "env": {"app": "test"}}
+    context = {"custom": {"k": "v"}, "env": {"app": "test"}, "client": {"installation_id": "i"}}
     encoded = base64.b64encode(json.dumps(context).encode()).decode()
-    assert call(client, "echo", {}, ClientContext=encoded)[1]["client_context"] == context
+    _, body = call(client, "echo", {}, ClientContext=encoded)
+    # Objects with attributes, as the AWS runtime gives them.
+    assert body["client_context"] == {"custom": {"k": "v"}, "env": {"app": "test"},
+                                      "installation_id": "i"}
+    _, body = call(client, "echo", {})
+    assert (body["client_context"], body["identity"]) == (None, None)
     with pytest.raises(ClientError) as exc:
         call(client, "echo", {}, ClientContext="not base64!")
     assert error_code(exc) == ("InvalidRequestContentException", 400)

@@ -30,6 +30,41 @@ from typing import Any, TextIO
 from dsqlkit.lambda_local.protocol import ChannelClosed, read_frame, write_frame
 
 
+class CognitoIdentity:
+    __slots__ = ("cognito_identity_id", "cognito_identity_pool_id")
+    cognito_identity_id: str | None
+    cognito_identity_pool_id: str | None
+
+
+class Client:
+    __slots__ = ("app_package_name", "app_title", "app_version_code", "app_version_name",
+                 "installation_id")
+
+
+class ClientContext:
+    __slots__ = ("client", "custom", "env")
+    client: Client | None
+    custom: Any
+    env: Any
+
+
+def _from_dict(cls: type[Any], data: Any) -> Any:
+    # As awslambdaric builds them: an object per JSON object, missing fields None.
+    if not isinstance(data, dict):
+        return None
+    obj = cls()
+    for name in cls.__slots__:
+        setattr(obj, name, data.get(name))
+    return obj
+
+
+def client_context_from(data: Any) -> ClientContext | None:
+    context: ClientContext | None = _from_dict(ClientContext, data)
+    if context is not None:
+        context.client = _from_dict(Client, context.client)
+    return context
+
+
 class LambdaContext:
     """The ``context`` argument, with the attributes and method of the AWS runtime's."""
 
@@ -44,8 +79,8 @@ class LambdaContext:
         self.memory_limit_in_mb = env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
         self.log_group_name = env.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
         self.log_stream_name = env.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
-        self.client_context = client_context
-        self.identity = identity
+        self.client_context = client_context_from(client_context)
+        self.identity = _from_dict(CognitoIdentity, identity or {})
         self._deadline_ms = deadline_ms
 
     def get_remaining_time_in_millis(self) -> int:
