@@ -49,8 +49,8 @@ class InsufficientBalance(BankError):
     """The payer's balance would go negative."""
 
 
-class MissingConfiguration(BankError):
-    """An environment variable the function needs is not set."""
+class ConfigurationError(BankError):
+    """An environment variable the function needs is missing or invalid."""
 
 
 # -- configuration and the connection ----------------------------------------------------------
@@ -63,7 +63,7 @@ def table() -> str:
     """The accounts table for the key type chosen by ``ACCOUNTS_KEY``."""
     key = os.environ.get("ACCOUNTS_KEY", "int")
     if key not in ("int", "uuid"):
-        raise MissingConfiguration(f"ACCOUNTS_KEY must be int or uuid, not {key!r}")
+        raise ConfigurationError(f"ACCOUNTS_KEY must be int or uuid, not {key!r}")
     return "accounts" if key == "int" else "accounts_uuid"
 
 
@@ -71,7 +71,7 @@ def connection_params() -> dict[str, Any]:
     """dsqlkit connection parameters from the environment (see the module docstring)."""
     endpoint = os.environ.get("CLUSTER_ENDPOINT", "").strip()
     if not endpoint:
-        raise MissingConfiguration(
+        raise ConfigurationError(
             "CLUSTER_ENDPOINT is not set: set it to the cluster endpoint, "
             "<cluster-id>.dsql.<region>.on.aws (the CDK app's ClusterEndpoint output)"
         )

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         params = bank.connection_params()
-    except bank.MissingConfiguration as exc:
+    except bank.ConfigurationError as exc:
         print(f"setup_db: {exc}", file=sys.stderr)
         return 2
     with connect("", autocommit=True, **params) as conn:

@@ -41,7 +41,7 @@ def _number(name: str, default: float) -> float:
     try:
         return float(raw)
     except ValueError:
-        raise bank.MissingConfiguration(f"{name} must be a number, not {raw!r}") from None
+        raise bank.ConfigurationError(f"{name} must be a number, not {raw!r}") from None
 
 
 @cache
@@ -54,7 +54,7 @@ def retry_policy() -> OCCRetryConfig:
     """
     attempts = _number("OCC_MAX_ATTEMPTS", 20)
     if attempts != int(attempts):
-        raise bank.MissingConfiguration("OCC_MAX_ATTEMPTS must be a whole number")
+        raise bank.ConfigurationError("OCC_MAX_ATTEMPTS must be a whole number")
     return OCCRetryConfig(
         max_attempts=int(attempts),
         base_delay=_number("OCC_BASE_DELAY_MS", 2) / 1000,
