@@ -13,7 +13,6 @@ recorded order, the way the local endpoint drives them:
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,10 +23,10 @@ import pytest
 import yaml
 from pglast import ast, parse_sql
 
+from conformance import corpus_dir
 from dsqlkit.local.dialect import Refusal, Statement, TransactionRules, analyze
 
-CORPUS = Path(os.environ.get(
-    "DSQLKIT_CONFORMANCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "conformance"))
+CORPUS = corpus_dir() or Path("missing-conformance-corpus")
 SERIAL_TYPES = {"serial", "bigserial", "smallserial", "serial2", "serial4", "serial8"}
 
 

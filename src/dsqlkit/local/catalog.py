@@ -133,6 +133,99 @@ BOOTSTRAP = [
              EXECUTE FUNCTION sys.dsqlkit_on_create_table();
          END IF;
        END $$""",
+    # DSQL's background jobs (CREATE INDEX ASYNC, ALTER TABLE ASYNC ... VALIDATE). The
+    # endpoint's job runner (dsqlkit.local.jobs) LISTENs for submissions and runs them.
+    """CREATE TABLE IF NOT EXISTS sys.dsqlkit_jobs (
+         job_id text PRIMARY KEY,
+         status text NOT NULL DEFAULT 'submitted',
+         details text,
+         job_type text NOT NULL,
+         class_id oid,
+         object_id oid,
+         object_name text,
+         start_time timestamptz NOT NULL DEFAULT now(),
+         update_time timestamptz NOT NULL DEFAULT now(),
+         relation text,
+         statement text NOT NULL)""",
+    """CREATE OR REPLACE VIEW sys.jobs AS
+       SELECT job_id, status, details, job_type, class_id, object_id, object_name,
+              start_time, update_time
+         FROM sys.dsqlkit_jobs""",
+    "GRANT SELECT ON sys.jobs TO PUBLIC",
+    """CREATE OR REPLACE FUNCTION sys.dsqlkit_submit_job(
+         id text, kind text, statement text, object_name text, relation text) RETURNS text
+       LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+       BEGIN
+         -- DSQL purges finished jobs after 30 minutes.
+         DELETE FROM sys.dsqlkit_jobs WHERE status IN ('completed', 'failed')
+           AND update_time < now() - interval '30 minutes';
+         INSERT INTO sys.dsqlkit_jobs (job_id, job_type, statement, object_name, relation,
+                                       class_id)
+           VALUES (id, kind, statement, object_name, relation, 1259);
+         PERFORM pg_notify('dsqlkit_jobs', id);
+         RETURN id;
+       END $$""",
+    # DSQL's procedure: CALL sys.wait_for_job('id') waits and says whether the job succeeded.
+    # Committing between polls gives each poll a fresh snapshot.
+    """CREATE OR REPLACE PROCEDURE sys.wait_for_job(job_id text, INOUT succeeded boolean
+         DEFAULT NULL) LANGUAGE plpgsql AS $$
+       DECLARE st text;
+       BEGIN
+         LOOP
+           SELECT j.status INTO st FROM sys.jobs j WHERE j.job_id = wait_for_job.job_id;
+           IF st IS NULL THEN
+             RAISE EXCEPTION USING ERRCODE = '42704',
+               MESSAGE = format('job %s does not exist', wait_for_job.job_id);
+           END IF;
+           IF st IN ('completed', 'failed') THEN
+             succeeded := st = 'completed';
+             RETURN;
+           END IF;
+           COMMIT;
+           PERFORM pg_sleep(0.02);
+         END LOOP;
+       END $$""",
+    "GRANT EXECUTE ON PROCEDURE sys.wait_for_job(text, boolean) TO PUBLIC",
+    # IAM role mappings (AWS IAM GRANT / REVOKE): which IAM principals may log in as a role.
+    """CREATE TABLE IF NOT EXISTS sys.dsqlkit_iam_mappings (
+         iam_oid bigint GENERATED ALWAYS AS IDENTITY,
+         arn text NOT NULL,
+         pg_role_oid oid NOT NULL,
+         grantor_pg_role_oid oid NOT NULL,
+         PRIMARY KEY (arn, pg_role_oid))""",
+    """CREATE OR REPLACE VIEW sys.iam_pg_role_mappings AS
+       SELECT m.iam_oid::oid AS iam_oid, m.arn, m.pg_role_oid, r.rolname AS pg_role_name,
+              m.grantor_pg_role_oid, g.rolname AS grantor_pg_role_name
+         FROM sys.dsqlkit_iam_mappings m
+         JOIN pg_roles r ON r.oid = m.pg_role_oid
+         LEFT JOIN pg_roles g ON g.oid = m.grantor_pg_role_oid""",
+    "GRANT SELECT ON sys.iam_pg_role_mappings TO PUBLIC",
+    """CREATE OR REPLACE FUNCTION sys.dsqlkit_iam(action text, role_name text, arn text)
+       RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+       DECLARE r pg_roles%ROWTYPE;
+       BEGIN
+         IF session_user <> 'admin' THEN
+           RAISE EXCEPTION USING ERRCODE = '42501',
+             MESSAGE = format('permission denied to grant IAM trust with role %s', role_name);
+         END IF;
+         SELECT * INTO r FROM pg_roles WHERE rolname = role_name;
+         IF NOT FOUND THEN
+           RAISE EXCEPTION USING ERRCODE = '42704',
+             MESSAGE = format('IAM role %s does not exist', role_name);
+         END IF;
+         IF action = 'grant' THEN
+           IF NOT r.rolcanlogin THEN
+             RAISE EXCEPTION USING ERRCODE = '42501',
+               MESSAGE = format('role %s must have the LOGIN attribute', role_name);
+           END IF;
+           INSERT INTO sys.dsqlkit_iam_mappings (arn, pg_role_oid, grantor_pg_role_oid)
+             SELECT arn, r.oid, (SELECT oid FROM pg_roles WHERE rolname = session_user)
+             ON CONFLICT DO NOTHING;
+         ELSE
+           DELETE FROM sys.dsqlkit_iam_mappings m
+             WHERE m.arn = dsqlkit_iam.arn AND m.pg_role_oid = r.oid;
+         END IF;
+       END $$""",
     # Tables created before this catalog version (or through --backend-url) get them too.
     """DO $$ DECLARE r record; BEGIN
          FOR r IN SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

@@ -23,6 +23,7 @@ from dsqlkit.auth import sigv4
 from dsqlkit.local import wire
 from dsqlkit.local.backend import BackendAddress, send_cancel
 from dsqlkit.local.faults import Faults
+from dsqlkit.local.jobs import JobRunner
 from dsqlkit.local.link import Link
 from dsqlkit.local.session import Refusal, Session
 from dsqlkit.local.tls import ALPN
@@ -93,6 +94,9 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting: list[asyncio.Task[None]] = []
         self.faults = config.faults
+        # A finished build changes the catalog on DSQL too, and DSQL may then answer OC001;
+        # the endpoint does not, which keeps unrelated sessions quiet (docs/local.md).
+        self.jobs = JobRunner(backend_address, lambda: None)
         # Bumped by every committed DDL; sessions compare it with the version they saw.
         self.catalog_version = 0
         self.stats = {"accepted": 0, "refused_rate": 0, "refused_max": 0, "plaintext": 0,
@@ -127,6 +131,7 @@ class Server:
     def start_accepting(self) -> None:
         for s in self.listeners:
             self._accepting.append(asyncio.ensure_future(self._accept_loop(s)))
+        self.jobs.start()
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -144,6 +149,7 @@ class Server:
             task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        await self.jobs.stop()
         for t in self._accepting:
             t.cancel()
         for s in self.listeners:
@@ -292,8 +298,11 @@ class Server:
         """Hook for role checks; the dialect layer installs DSQL's IAM role mapping here."""
 
     def catalog_changed(self, session: Session) -> None:
-        self.catalog_version += 1
+        self.bump_catalog()
         session.seen_catalog = self.catalog_version
+
+    def bump_catalog(self) -> None:
+        self.catalog_version += 1
 
     def backend_startup(self, user: str, params: dict[str, str]) -> dict[str, str]:
         # DSQL pins every transaction at REPEATABLE READ; lock_timeout bounds row-lock waits.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -81,19 +82,36 @@ _ROLLBACK_STATEMENT = "dsqlkit_rollback"
 
 
 @dataclass(frozen=True, slots=True)
+class Presentation:
+    """How to show the answer of a stand-in statement: the command tag to report (with the
+    row count when ``counted``), and whether its rows are part of the answer."""
+
+    tag: str | None = None
+    counted: bool = False
+    keep_rows: bool = True
+
+    @classmethod
+    def of(cls, dry: DryRun) -> Presentation:
+        return cls(tag=dry.tag, counted=dry.tag is not None, keep_rows=dry.keep_rows)
+
+
+@dataclass(frozen=True, slots=True)
 class Special:
     """What to do with the backend's answer to one forwarded message.
 
     ``error``: replace the first ErrorResponse with this frame (a refused statement).
     ``commit_error``: replace the CommandComplete with this frame (a COMMIT the endpoint
     turned into a ROLLBACK). ``discard``: drop the answer (a message the endpoint added).
-    ``dry``: the message runs a dry run; present its answer as the statement's.
+    ``present``: the message runs a stand-in statement (a dry run, a local answer); make its
+    answer look like the original's. ``present_by_result``: the same for some statements of
+    a simple Query, by their position.
     """
 
     error: bytes | None = None
     commit_error: bytes | None = None
     discard: bool = False
-    dry: DryRun | None = None
+    present: Presentation | None = None
+    present_by_result: dict[int, Presentation] | None = None
 
 
 _Expect = tuple[int, "Special | None"]
@@ -101,8 +119,12 @@ _Expect = tuple[int, "Special | None"]
 # None when the session ended; _PENDING when the text is still being analysed.
 _PENDING: Any = object()
 _Checked = Any
+# What the catalog decided for one statement: a refusal, and whether its waiver applies.
+_Fact = tuple["dialect.Refusal | None", bool]
 # Texts at least this long are analysed in a thread, off the event loop.
 _ANALYZE_INLINE = 65536
+_JOB_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+_DSQL_SETTING_DEFAULTS = {"disable_sync_create_index": "on"}
 
 
 class Refusal(Exception):
@@ -120,6 +142,16 @@ class Refusal(Exception):
 
 def access_denied(hint: str) -> Refusal:
     return Refusal("08006", "unable to accept connection, access denied", hint=hint)
+
+
+def _role_refusal(user: str, exc: BackendRefused) -> Exception:
+    """DSQL's answer when the backend refuses a role: it does not exist or cannot log in."""
+    message = exc.fields.get("M", "")
+    if exc.fields.get("C") == "28000" and "does not exist" in message:
+        return access_denied(f"Role {user} does not exist")
+    if exc.fields.get("C") == "28000" and "not permitted to log in" in message:
+        return access_denied(f"role {user} must have the LOGIN attribute")
+    return exc
 
 
 def parse_options(options: str) -> list[tuple[str, str]]:
@@ -215,6 +247,11 @@ class Session:
         self._internal: _Internal | None = None
         self._rerun: asyncio.Future[bool] | None = None
         self._pending_analysis: tuple[str, dialect.Analysis] | None = None
+        self._catalog_answer: tuple[str, dict[int, _Fact]] | None = None
+        # Stand-in statements prepared by name, and portals bound to them.
+        self._stmt_present: dict[str, Presentation] = {}
+        self._portal_present: dict[str, Presentation] = {}
+        self._result_index = 0
         self.unit_in_block = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._to_client: list[bytes] = []
@@ -320,10 +357,15 @@ class Session:
             raise Refusal("08006", "unable to accept connection, waking up cluster, "
                           "please retry later")
 
-        self.backend = await open_session(
-            self.server.backend_address(),
-            self.server.backend_startup(user, backend_params),
-        )
+        try:
+            self.backend = await open_session(
+                self.server.backend_address(),
+                self.server.backend_startup(user, backend_params),
+            )
+        except BackendRefused as exc:
+            raise _role_refusal(user, exc) from None
+        if user != "admin":
+            await self._check_iam_mapping(user)
         out = [wire.AUTH_OK]
         for k, v in self.backend.parameters.items():
             out.append(wire.parameter_status(k, REPORTED_VERSION if k == "server_version" else v))
@@ -331,6 +373,28 @@ class Session:
         out.append(wire.backend_key_data(*self.key))
         out.append(wire.ready_for_query())
         client.write(b"".join(out))
+
+    async def _check_iam_mapping(self, user: str) -> None:
+        """A role other than admin may log in only through an IAM mapping (AWS IAM GRANT).
+
+        The local endpoint cannot know which IAM principal signed the token, so any mapping
+        of the role admits it (see docs/local.md)."""
+        assert self.backend is not None
+        link = self.backend.link
+        link.write(wire.query(
+            "SELECT count(*) FROM sys.iam_pg_role_mappings WHERE pg_role_name = current_user"))
+        mapped = False
+        while True:
+            mtype, frame = await link.read_frame()
+            if mtype == wire.DATA_ROW:
+                values = wire.parse_data_row(frame)
+                mapped = bool(values) and values[0] not in (None, b"0")
+            elif mtype == wire.READY_FOR_QUERY:
+                break
+        if not mapped:
+            raise access_denied(
+                f"role {user} has no IAM mapping; run AWS IAM GRANT {user} TO '<role arn>' "
+                "as admin")
 
     # ------------------------------------------------------------ relay
 
@@ -344,7 +408,7 @@ class Session:
         c.on_violation = self._client_violation
         b.on_violation = lambda exc: self.close()
         c.on_frames = self._on_client_frames
-        b.on_frames = self._on_backend_frames
+        b.on_frames = self._guarded_backend_frames
         age = self.server.config.max_connection_age
         if age > 0:
             remaining = age - (time.monotonic() - self.started)
@@ -359,7 +423,10 @@ class Session:
 
     def _on_client_frames(self, data: bytes, frames: list[tuple[int, int, int]]) -> None:
         self.held.append([data, frames, 0])
-        self._pump()
+        try:
+            self._pump()
+        except Exception:
+            self._internal_error()
 
     def _pump(self) -> None:
         """Forward held client messages, in order, in as few writes as possible.
@@ -402,14 +469,19 @@ class Session:
                             self._pause(batch, i, seg, data)
                             return
                         replacement, special = checked
+                        special = self._remember_statement(data, start, special)
                     elif mtype == wire.BIND:
                         checked = self._check_bind(data, start, end)
                         if checked is None:
                             return
                         replacement, special = checked
+                        if self._stmt_present or self._portal_present:
+                            self._remember_portal(data, start, end)
                     elif mtype == wire.EXECUTE and self._commit_error is not None:
                         special = Special(commit_error=self._commit_error)
                         self._commit_error = None
+                    elif self._portal_present or self._stmt_present:
+                        special = self._presentation_for(mtype, data, start, end)
                     if not self.backend_skipping:
                         pushed = (mtype, special)
                     self.unit_closed = False
@@ -500,6 +572,36 @@ class Session:
         fut.add_done_callback(ready)
         return None
 
+    def _remember_statement(
+        self, data: bytes, start: int, special: Special | None
+    ) -> Special | None:
+        """A Parse: remember whether this statement name now holds a stand-in."""
+        name = data[start + 5 : data.index(b"\0", start + 5)].decode()
+        if special is not None and special.present is not None:
+            self._stmt_present[name] = special.present
+            return None
+        if self._stmt_present:
+            self._stmt_present.pop(name, None)
+        return special
+
+    def _remember_portal(self, data: bytes, start: int, end: int) -> None:
+        portal, statement = wire.parse_bind_names(data[start:end])
+        present = self._stmt_present.get(statement)
+        if present is None:
+            self._portal_present.pop(portal, None)
+        else:
+            self._portal_present[portal] = present
+
+    def _presentation_for(self, mtype: int, data: bytes, start: int, end: int) -> Special | None:
+        if mtype == wire.DESCRIBE:
+            kind, name = wire.parse_describe_or_close(data[start:end])
+            found = (self._stmt_present if kind == "S" else self._portal_present).get(name)
+        elif mtype == wire.EXECUTE:
+            found = self._portal_present.get(wire.parse_execute(data[start:end])[0])
+        else:
+            return None
+        return Special(present=found) if found is not None else None
+
     def _record(self, mtype: int, frame: bytes, pushed: _Expect | None) -> None:
         self.unit_msgs.append((mtype, frame))
         if pushed is not None:
@@ -546,28 +648,38 @@ class Session:
 
     # -- DSQL's rules, per statement ---------------------------------------------------
 
-    def _statement_policy(
-        self, analysis: dialect.Analysis, *, extended: bool
-    ) -> tuple[str | None, Special | None]:
+    def _statement_policy(self, analysis: dialect.Analysis, *, extended: bool) -> Any:
         """Apply DSQL's rules to the statements of one Query or Parse.
 
-        Returns the text PostgreSQL should run instead (None: unchanged) and what to do
-        with the backend's answer.
+        Returns ``(text, special)``: the text PostgreSQL should run instead (None:
+        unchanged) and what to do with the backend's answer; or _PENDING while the catalog
+        is being asked about the text.
         """
         if analysis.unparsed:
             masked = analysis.masked_text
             return (masked if masked != analysis.text else None), None
+        facts: dict[int, _Fact] = {}
+        if not analysis.passthrough:
+            asked = self._catalog_facts(analysis)
+            if asked is _PENDING:
+                return _PENDING
+            facts = asked
         rules = self.rules
         if not extended:
             rules.begin_batch()
         texts: list[str] = []
+        shown: dict[int, Presentation] = {}
         changed = False
         ddl = False
-        for stmt in analysis.statements:
+        index = 0
+        for i, stmt in enumerate(analysis.statements):
             if stmt.kind == "empty":
                 continue
-            verdict = rules.check(stmt)
-            refusal = verdict.refusal
+            fact_refusal, waive = facts.get(i, (None, False))
+            verdict = rules.check(stmt, waive=waive)
+            refusal = verdict.refusal or fact_refusal
+            if refusal is not None and verdict.refusal is None:
+                rules.errored(stmt)
             if (refusal is None and stmt.kind in _STORAGE_KINDS
                     and self.txn_status != _FAILED):
                 refusal = self._schema_conflict()
@@ -590,17 +702,144 @@ class Session:
                         return "ROLLBACK", None
                     return "ROLLBACK", Special(commit_error=failure)
                 texts.append(stmt.backend_sql)
+                index += 1
                 continue
             rules.completed(stmt)
             ddl = ddl or stmt.is_ddl
-            changed = changed or stmt.rewritten is not None
-            texts.append(stmt.backend_sql)
+            answered = self._answer_here(stmt)
+            if answered is not None:
+                texts.append(answered[0])
+                shown[index] = answered[1]
+                changed = True
+            else:
+                changed = changed or stmt.rewritten is not None
+                texts.append(stmt.backend_sql)
+            index += 1
         if not extended:
             rules.end_batch()
         if ddl:
             self.unit_ddl = True
         text = ";".join(texts) if changed else None
-        return text, None
+        if not shown:
+            return text, None
+        if extended:
+            return text, Special(present=shown[0])
+        return text, Special(present_by_result=shown)
+
+    def _answer_here(self, stmt: dialect.Statement) -> tuple[str, Presentation] | None:
+        """SQL that makes PostgreSQL answer what DSQL answers for ``stmt``, if it differs
+        from running the statement: a background job's id, an IAM mapping, a setting only
+        DSQL has, a reported version."""
+        if stmt.job is not None:
+            job = stmt.job
+            job_id = "".join(secrets.choice(_JOB_ID_ALPHABET) for _ in range(26))
+            kind = "INDEX_BUILD" if job.kind == "index_build" else "VALIDATE_CONSTRAINT"
+            sql = (f"SELECT sys.dsqlkit_submit_job({_literal(job_id)}, {_literal(kind)}, "
+                   f"{_literal(job.concurrent_sql or job.sql)}, "
+                   f"{_literal(job.object_name)}, {_literal(_regclass(job.relation))}) "
+                   "AS job_id")
+            return sql, Presentation(tag=job.tag)
+        if stmt.iam is not None:
+            iam = stmt.iam
+            sql = (f"SELECT sys.dsqlkit_iam({_literal(iam.action)}, {_literal(iam.role)}, "
+                   f"{_literal(iam.arn)})")
+            return sql, Presentation(tag=f"AWS IAM {iam.action.upper()}", keep_rows=False)
+        param = stmt.set_param or stmt.show_param
+        if param in dialect.DSQL_ONLY_SETTINGS:
+            if stmt.kind == "set":
+                if stmt.set_value is None:
+                    self.settings.pop(param, None)
+                else:
+                    self.settings[param] = stmt.set_value
+            elif stmt.kind == "show":
+                value = self.settings.get(param, _DSQL_SETTING_DEFAULTS.get(param, ""))
+                answer = dialect.LocalAnswer("SHOW", (param,), ((value,),))
+                return _answer_sql(answer), Presentation(tag="SHOW")
+        if stmt.local_answer is not None:
+            answer = stmt.local_answer
+            return _answer_sql(answer), Presentation(tag=answer.tag,
+                                                     keep_rows=bool(answer.columns))
+        return None
+
+    def _catalog_facts(self, analysis: dialect.Analysis) -> Any:
+        """What only the catalog can decide for these statements (see the dialect's
+        ``drop_columns``, ``adopt_indexes``, ``index_columns`` and ``waiver``): a dict of
+        ``statement index -> (refusal, waive)``, or _PENDING while the backend is asked."""
+        statements = analysis.statements
+        if not any(s.drop_columns or s.adopt_indexes or s.index_columns or s.waiver
+                   for s in statements):
+            return {}
+        known = self._catalog_answer
+        if known is not None and known[0] == analysis.text:
+            self._catalog_answer = None
+            return known[1]
+        if self.unit_msgs or self.expect or self.txn_status == _FAILED:
+            # The backend is not idle (or ignores everything): let PostgreSQL decide.
+            return {}
+        self.busy = True
+        self._spawn(self._ask_catalog(analysis))
+        return _PENDING
+
+    async def _ask_catalog(self, analysis: dialect.Analysis) -> None:
+        facts: dict[int, _Fact] = {}
+        try:
+            for i, stmt in enumerate(analysis.statements):
+                refusal: dialect.Refusal | None = None
+                waive = False
+                for rel, column in stmt.drop_columns:
+                    rows = await self._query_rows(
+                        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON "
+                        "a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) WHERE "
+                        f"i.indisprimary AND i.indrelid = to_regclass({_literal(_regclass(rel))})"
+                    )
+                    if any(r[0] == column for r in rows):
+                        refusal = dialect.Refusal(
+                            "0A000", f"cannot drop primary key column {column}")
+                for rel, index_name in stmt.adopt_indexes:
+                    target = _regclass(dialect.Relation(rel.schema, index_name))
+                    rows = await self._query_rows(
+                        "SELECT (SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = "
+                        f"to_regclass({_literal(target)})), EXISTS (SELECT 1 FROM "
+                        f"sys.dsqlkit_jobs WHERE object_name = {_literal(index_name)} AND "
+                        "status IN ('submitted', 'processing'))"
+                    )
+                    if rows and (rows[0][1] == "t" or rows[0][0] == "f"):
+                        refusal = dialect.Refusal("55000", f'index "{index_name}" is not valid')
+                if stmt.index_columns is not None:
+                    rel, columns = stmt.index_columns
+                    names = ", ".join(_literal(c) for c in columns) or "NULL"
+                    rows = await self._query_rows(
+                        "SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = "
+                        f"to_regclass({_literal(_regclass(rel))}) AND attname IN ({names})"
+                    )
+                    for (type_name,) in rows:
+                        if type_name in ("json", "jsonb"):
+                            refusal = dialect.Refusal(
+                                "0A000", f"datatype {type_name} is not supported in a key")
+                if stmt.waiver == "sync_index_on_empty_table" and self.settings.get(
+                    "disable_sync_create_index", "on"
+                ).lower() in ("off", "false", "0"):
+                    job_rel = stmt.index_columns[0] if stmt.index_columns else None
+                    if job_rel is not None:
+                        rows = await self._query_rows(
+                            f"SELECT NOT EXISTS (SELECT 1 FROM {_qualified(job_rel)})")
+                        waive = bool(rows) and rows[0][0] == "t"
+                if refusal is not None or waive:
+                    facts[i] = (refusal, waive)
+        except (ConnectionError, LocalEndpointError) as exc:
+            log.info("session ended while reading the catalog: %s", exc)
+            self.close()
+            return
+        finally:
+            self.busy = False
+        self._catalog_answer = (analysis.text, facts)
+        if not self._closed:
+            self._pump()
+
+    async def _query_rows(self, sql: str) -> list[list[str | None]]:
+        """Rows of an internal query (text form); an error reads as no rows."""
+        internal = await self._run_internal_full(wire.query(sql), 1)
+        return [] if internal.errors else internal.rows
 
     def _check_query(self, data: bytes, start: int, end: int) -> _Checked:
         try:
@@ -611,7 +850,10 @@ class Session:
         analysis = self._analysis(sql)
         if analysis is None:
             return _PENDING
-        text, special = self._statement_policy(analysis, extended=False)
+        policy = self._statement_policy(analysis, extended=False)
+        if policy is _PENDING:
+            return _PENDING
+        text, special = policy
         return (wire.query(text) if text is not None else None), special
 
     def _check_parse(self, data: bytes, start: int, end: int) -> _Checked:
@@ -629,7 +871,10 @@ class Session:
             return None, None  # PostgreSQL refuses several commands in one Parse itself
         if name and analysis.statements and analysis.statements[0].tcl_action == "commit":
             return None, None  # its executions are checked at Bind
-        text, special = self._statement_policy(analysis, extended=True)
+        policy = self._statement_policy(analysis, extended=True)
+        if policy is _PENDING:
+            return _PENDING
+        text, special = policy
         if text is None:
             return None, special
         return wire.parse_message(name, text, oids), special
@@ -691,6 +936,18 @@ class Session:
 
     # -- backend to client -------------------------------------------------------------
 
+    def _guarded_backend_frames(self, data: bytes, frames: list[tuple[int, int, int]]) -> None:
+        try:
+            self._on_backend_frames(data, frames)
+        except Exception:
+            self._internal_error()
+
+    def _internal_error(self) -> None:
+        """A bug in the endpoint must cost one session, with an error it can read."""
+        log.error("internal error in a session; closing it", exc_info=True)
+        self._fatal(wire.error_response("XX000", "internal error in dsqlkit local; see its log",
+                                        severity="FATAL"))
+
     def _on_backend_frames(self, data: bytes, frames: list[tuple[int, int, int]]) -> None:
         internal = self._internal
         if internal is not None:
@@ -717,9 +974,15 @@ class Session:
             if special is not None:
                 if special.discard:
                     replacement = b""
-                elif special.dry is not None:
-                    replacement = _present_dry(special.dry, mtype, data, start, end,
-                                               expect[0][0] if expect else 0, replacement)
+                else:
+                    present = special.present
+                    if present is None and special.present_by_result is not None:
+                        present = special.present_by_result.get(self._result_index)
+                    if present is not None:
+                        replacement = _present(present, mtype, data, start, end,
+                                               expect[0][0], replacement)
+            if mtype == wire.COMMAND_COMPLETE or mtype == wire.EMPTY_QUERY:
+                self._result_index += 1
             if self.conflict is not None:
                 replacement = b""  # the unit will run again; drop its first answer
             if replacement is not None:
@@ -735,6 +998,7 @@ class Session:
                 if kind in _ENDS_AT_READY:
                     expect.popleft()
                 self.txn_status = data[start + 5]
+                self._result_index = 0
             elif mtype == wire.ERROR_RESPONSE:
                 if kind in _EXTENDED:
                     # The backend now skips every extended message up to the next Sync.
@@ -958,7 +1222,7 @@ class Session:
                     return None
                 if converted is not None:
                     frame = wire.query(converted.sql)
-                    special = Special(dry=converted)
+                    special = Special(present=Presentation.of(converted))
             elif mtype == wire.PARSE:
                 name, sql, oids = wire.parse_parse(frame)
                 ok, converted = _dry_text(sql)
@@ -989,11 +1253,11 @@ class Session:
             elif mtype == wire.DESCRIBE:
                 kind, name = wire.parse_describe_or_close(frame)
                 found = by_statement.get(name) if kind == "S" else by_portal.get(name)
-                special = Special(dry=found) if found is not None else None
+                special = Special(present=Presentation.of(found)) if found is not None else None
             elif mtype == wire.EXECUTE:
                 portal, _ = wire.parse_execute(frame)
                 found = by_portal.get(portal)
-                special = Special(dry=found) if found is not None else None
+                special = Special(present=Presentation.of(found)) if found is not None else None
             elif mtype not in (wire.SYNC, wire.FLUSH, wire.CLOSE):
                 return None
             msgs.append((mtype, frame))
@@ -1017,11 +1281,15 @@ class Session:
         self.client.write(b"".join(out))
 
     async def _run_internal(self, payload: bytes, ready: int) -> list[dict[str, str]]:
+        return (await self._run_internal_full(payload, ready)).errors
+
+    async def _run_internal_full(self, payload: bytes, ready: int) -> _Internal:
         assert self.backend is not None
         internal = _Internal(ready)
         self._internal = internal
         self.backend.link.write(payload)
-        return await internal.future
+        await internal.future
+        return internal
 
     # ------------------------------------------------------------ ending
 
@@ -1070,6 +1338,7 @@ class _Internal:
     def __init__(self, ready: int) -> None:
         self.ready = ready
         self.errors: list[dict[str, str]] = []
+        self.rows: list[list[str | None]] = []
         self.future: asyncio.Future[list[dict[str, str]]] = (
             asyncio.get_running_loop().create_future())
 
@@ -1077,6 +1346,9 @@ class _Internal:
         for mtype, start, end in frames:
             if mtype == wire.ERROR_RESPONSE:
                 self.errors.append(wire.parse_fields(data[start:end]))
+            elif mtype == wire.DATA_ROW:
+                self.rows.append([None if v is None else v.decode()
+                                  for v in wire.parse_data_row(data[start:end])])
             elif mtype == wire.READY_FOR_QUERY:
                 self.ready -= 1
                 if self.ready == 0 and not self.future.done():
@@ -1101,20 +1373,53 @@ def _dry_text(sql: str) -> tuple[bool, DryRun | None]:
     return ok, None
 
 
-def _present_dry(
-    dry: DryRun, mtype: int, data: bytes, start: int, end: int, kind: int,
+def _present(
+    present: Presentation, mtype: int, data: bytes, start: int, end: int, kind: int,
     replacement: bytes | None,
 ) -> bytes | None:
-    """Make a dry run's answer look like the answer of the statement it stands in for."""
-    if dry.keep_rows:
-        if mtype == wire.COMMAND_COMPLETE and dry.tag is not None:
-            return wire.command_complete(f"{dry.tag} {wire.rows_in_select_tag(data[start:end])}")
-        return replacement
-    if mtype == wire.ROW_DESCRIPTION:
-        return wire.NO_DATA_MSG if kind == wire.DESCRIBE else b""
-    if mtype == wire.DATA_ROW:
-        return b""
-    if mtype == wire.COMMAND_COMPLETE and dry.tag is not None:
-        return wire.command_complete(f"{dry.tag} {wire.rows_in_select_tag(data[start:end])}")
+    """Make a stand-in's answer look like the answer of the statement it stands in for."""
+    if mtype == wire.COMMAND_COMPLETE and present.tag is not None:
+        if present.counted:
+            return wire.command_complete(
+                f"{present.tag} {wire.rows_in_select_tag(data[start:end])}")
+        return wire.command_complete(present.tag)
+    if not present.keep_rows:
+        if mtype == wire.ROW_DESCRIPTION:
+            return wire.NO_DATA_MSG if kind == wire.DESCRIBE else b""
+        if mtype == wire.DATA_ROW:
+            return b""
     return replacement
+
+
+def _literal(value: str | None) -> str:
+    """A SQL string literal (standard_conforming_strings is on), or NULL."""
+    if value is None:
+        return "NULL"
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _qualified(rel: dialect.Relation) -> str:
+    return _ident(rel.name) if rel.schema is None else f"{_ident(rel.schema)}.{_ident(rel.name)}"
+
+
+def _regclass(rel: dialect.Relation) -> str:
+    """A relation as text that ``to_regclass``/``regclass`` resolve like the statement did."""
+    return _qualified(rel)
+
+
+def _answer_sql(answer: dialect.LocalAnswer) -> str:
+    """A SELECT whose result is ``answer``: text columns with the given names and rows."""
+    if not answer.columns:
+        return "SELECT"
+    selects = []
+    for row in answer.rows or ((None,) * len(answer.columns),):
+        cols = ", ".join(f"{_literal(v)}::text AS {_ident(c)}"
+                         for v, c in zip(row, answer.columns, strict=True))
+        selects.append(f"SELECT {cols}")
+    sql = " UNION ALL ".join(selects)
+    return sql if answer.rows else f"{sql} WHERE false"
 
