@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from urllib.parse import quote, unquote
 
 from dsqlkit.errors import TokenRejected
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+# Minting a token sits on cold-start paths (a Lambda init, a CLI run): this module imports
+# neither re, urllib.parse nor dataclasses at run time; the verifier imports what it needs.
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "dsql"
@@ -39,8 +42,6 @@ MAX_CLOCK_SKEW = timedelta(minutes=15)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _SAFE = "-_.~"
 _DATE_FORMAT = "%Y%m%dT%H%M%SZ"
-_DATE_RE = re.compile(r"\d{8}T\d{6}Z")
-_PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _REQUIRED = (
     "Action",
     "X-Amz-Algorithm",
@@ -52,13 +53,38 @@ _REQUIRED = (
 )
 
 
-@dataclass(frozen=True)
 class Credentials:
-    """AWS credentials. ``repr`` never shows the secret or the session token."""
+    """AWS credentials (immutable). ``repr`` never shows the secret or the session token."""
+
+    __slots__ = ("access_key", "secret_key", "session_token")
 
     access_key: str
-    secret_key: str = field(repr=False)
-    session_token: str | None = field(default=None, repr=False)
+    secret_key: str
+    session_token: str | None
+
+    def __init__(self, access_key: str, secret_key: str, session_token: str | None = None,
+                 ) -> None:
+        object.__setattr__(self, "access_key", access_key)
+        object.__setattr__(self, "secret_key", secret_key)
+        object.__setattr__(self, "session_token", session_token)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: Credentials are immutable")
+
+    def __repr__(self) -> str:
+        return f"Credentials(access_key={self.access_key!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Credentials):
+            return NotImplemented
+        return (self.access_key, self.secret_key, self.session_token) == (
+            other.access_key, other.secret_key, other.session_token)
+
+    def __hash__(self) -> int:
+        return hash((self.access_key, self.secret_key, self.session_token))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Credentials, (self.access_key, self.secret_key, self.session_token))
 
 
 def action_for_user(user: str) -> str:
@@ -66,8 +92,29 @@ def action_for_user(user: str) -> str:
     return ADMIN_ACTION if user == "admin" else CONNECT_ACTION
 
 
+# RFC 3986 percent-encoding of everything but unreserved characters, as
+# urllib.parse.quote(value, safe="-_.~") does, via str.translate for ASCII.
+_UNRESERVED = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789" + _SAFE
+)
+_ASCII_TABLE = {i: f"%{i:02X}" for i in range(128) if chr(i) not in _UNRESERVED}
+_QUOTED: dict[str, str] = {}
+
+
 def _quote(value: str) -> str:
-    return quote(value, safe=_SAFE)
+    # Cached: a pool re-mints with the same (up to 2 KiB) session token every few minutes.
+    quoted = _QUOTED.get(value)
+    if quoted is None:
+        if value.isascii():
+            quoted = value.translate(_ASCII_TABLE)
+        else:
+            quoted = "".join(
+                chr(b) if chr(b) in _UNRESERVED else f"%{b:02X}" for b in value.encode()
+            )
+        if len(_QUOTED) >= 256:
+            _QUOTED.clear()
+        _QUOTED[value] = quoted
+    return quoted
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
@@ -142,12 +189,14 @@ def presign_token(
     return f"{hostname}/?{query}&X-Amz-Signature={sig}"
 
 
-@dataclass(frozen=True)
 class ParsedToken:
     """A token split into its parts; values are percent-decoded."""
 
-    host: str
-    params: dict[str, str]
+    __slots__ = ("host", "params")
+
+    def __init__(self, host: str, params: dict[str, str]) -> None:
+        self.host = host
+        self.params = params
 
 
 def parse_token(token: str) -> ParsedToken:
@@ -156,6 +205,10 @@ def parse_token(token: str) -> ParsedToken:
     Accepts an optional ``https://`` prefix. Rejects duplicate parameters, malformed
     percent-escapes and anything oversized, without ever allocating more than the token.
     """
+    import re
+    from urllib.parse import unquote
+
+    percent_re = re.compile(r"%(?![0-9A-Fa-f]{2})")
     if len(token) > MAX_TOKEN_LENGTH:
         raise TokenRejected(f"malformed token: longer than {MAX_TOKEN_LENGTH} characters")
     if token.startswith("https://"):
@@ -170,7 +223,7 @@ def parse_token(token: str) -> ParsedToken:
         k, eq, v = part.partition("=")
         if not eq or not k:
             raise TokenRejected("malformed token: query parameter without a value")
-        if _PERCENT_RE.search(k) or _PERCENT_RE.search(v):
+        if percent_re.search(k) or percent_re.search(v):
             raise TokenRejected("malformed token: invalid percent-encoding")
         try:
             name = unquote(k, errors="strict")
@@ -185,18 +238,22 @@ def parse_token(token: str) -> ParsedToken:
     return ParsedToken(host=host, params=params)
 
 
-@dataclass(frozen=True)
 class VerifiedToken:
     """What a valid token proves."""
 
-    access_key: str
-    action: str
-    host: str
-    issued_at: datetime
-    expires_at: datetime
+    __slots__ = ("access_key", "action", "expires_at", "host", "issued_at")
+
+    def __init__(self, access_key: str, action: str, host: str, issued_at: datetime,
+                 expires_at: datetime) -> None:
+        self.access_key = access_key
+        self.action = action
+        self.host = host
+        self.issued_at = issued_at
+        self.expires_at = expires_at
 
 
-SecretLookup = Callable[[str], "Credentials | None"]
+if TYPE_CHECKING:
+    SecretLookup = Callable[[str], Credentials | None]
 
 
 def _fmt(moment: datetime) -> str:
@@ -244,7 +301,8 @@ def verify_token(
             f"Credential should be scoped to a valid region: '{region}', not '{scope_region}'"
         )
     amz_date = p["X-Amz-Date"]
-    if not _DATE_RE.fullmatch(amz_date) or scope_day != amz_date[:8]:
+    if not (len(amz_date) == 16 and amz_date[8] == "T" and amz_date[15] == "Z"
+            and amz_date[:8].isdigit() and amz_date[9:15].isdigit()) or scope_day != amz_date[:8]:
         raise TokenRejected("malformed token: X-Amz-Date does not match the credential scope")
     try:
         issued = datetime.strptime(amz_date, _DATE_FORMAT).replace(tzinfo=timezone.utc)
