@@ -28,10 +28,10 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _endpoint import endpoint  # noqa: E402
+from _endpoint import endpoint
 
-from dsqlkit.local.backend import ManagedPostgres  # noqa: E402
-from dsqlkit.local.tls import ensure_tls  # noqa: E402
+from dsqlkit.local.backend import ManagedPostgres
+from dsqlkit.local.tls import ensure_tls
 
 
 def free_port() -> int:

@@ -425,8 +425,8 @@ class Session:
         self.held.append([data, frames, 0])
         try:
             self._pump()
-        except Exception:
-            self._internal_error()
+        except Exception as exc:
+            self._internal_error(exc)
 
     def _pump(self) -> None:
         """Forward held client messages, in order, in as few writes as possible.
@@ -839,7 +839,10 @@ class Session:
     async def _query_rows(self, sql: str) -> list[list[str | None]]:
         """Rows of an internal query (text form); an error reads as no rows."""
         internal = await self._run_internal_full(wire.query(sql), 1)
-        return [] if internal.errors else internal.rows
+        if internal.errors:
+            return []
+        return [[None if v is None else v.decode("utf-8", "replace") for v in row]
+                for row in internal.rows]
 
     def _check_query(self, data: bytes, start: int, end: int) -> _Checked:
         try:
@@ -939,12 +942,12 @@ class Session:
     def _guarded_backend_frames(self, data: bytes, frames: list[tuple[int, int, int]]) -> None:
         try:
             self._on_backend_frames(data, frames)
-        except Exception:
-            self._internal_error()
+        except Exception as exc:
+            self._internal_error(exc)
 
-    def _internal_error(self) -> None:
+    def _internal_error(self, exc: Exception) -> None:
         """A bug in the endpoint must cost one session, with an error it can read."""
-        log.error("internal error in a session; closing it", exc_info=True)
+        log.error("internal error in a session; closing it", exc_info=exc)
         self._fatal(wire.error_response("XX000", "internal error in dsqlkit local; see its log",
                                         severity="FATAL"))
 
@@ -1338,7 +1341,8 @@ class _Internal:
     def __init__(self, ready: int) -> None:
         self.ready = ready
         self.errors: list[dict[str, str]] = []
-        self.rows: list[list[str | None]] = []
+        # Raw values: replayed client statements may answer in binary format.
+        self.rows: list[list[bytes | None]] = []
         self.future: asyncio.Future[list[dict[str, str]]] = (
             asyncio.get_running_loop().create_future())
 
@@ -1347,8 +1351,7 @@ class _Internal:
             if mtype == wire.ERROR_RESPONSE:
                 self.errors.append(wire.parse_fields(data[start:end]))
             elif mtype == wire.DATA_ROW:
-                self.rows.append([None if v is None else v.decode()
-                                  for v in wire.parse_data_row(data[start:end])])
+                self.rows.append(wire.parse_data_row(data[start:end]))
             elif mtype == wire.READY_FOR_QUERY:
                 self.ready -= 1
                 if self.ready == 0 and not self.future.done():
