@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from dsqlkit.auth import sigv4
+
 BASELINE_PYTHON = os.environ.get("DSQLKIT_BASELINE_PYTHON", "/work/venv-baseline/bin/python")
 BASELINE_HINT = (
     "the official connector is not installed; for the comparison run:\n"
@@ -53,13 +55,51 @@ def local_endpoint(*args: str) -> Iterator[dict[str, Any]]:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError("dsqlkit local did not start")
-        yield json.loads(line)
+        info = json.loads(line)
+        info["pid"] = proc.pid
+        yield info
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+class Endpoint:
+    """Connection helpers over the JSON description of a running ``dsqlkit local``."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        env = info["env"]
+        self.info = info
+        self.pid: int = info["pid"]
+        self.port: int = info["port"]
+        self.region: str = info["region"]
+        self.ca_path: str = info["ca_path"]
+        self.backend_url: str = info["backend_url"]
+        self.credentials = sigv4.Credentials(env["AWS_ACCESS_KEY_ID"],
+                                             env["AWS_SECRET_ACCESS_KEY"])
+
+    def token(self, user: str = "admin") -> str:
+        return sigv4.presign_token("localhost", self.region, self.credentials,
+                                   action=sigv4.action_for_user(user))
+
+    def dsn(self, user: str = "admin", **extra: object) -> str:
+        params: dict[str, object] = {
+            "host": "localhost", "port": self.port, "user": user, "dbname": "postgres",
+            "sslmode": "verify-full", "sslrootcert": self.ca_path, "password": self.token(user)}
+        params.update(extra)
+        return " ".join(f"{k}={v}" for k, v in params.items())
+
+    def backend_dsn(self) -> str:
+        return self.backend_url
+
+
+@contextmanager
+def endpoint(*args: str) -> Iterator[Endpoint]:
+    """Like :func:`local_endpoint`, yielding an :class:`Endpoint`."""
+    with local_endpoint(*args) as info:
+        yield Endpoint(info)
 
 
 def fmt_us(seconds: float) -> str:

@@ -121,6 +121,7 @@ class LocalDSQL:
         schema_conflicts: bool = True,
         inject: Mapping[str, float] | str | None = None,
         seed: int | None = None,
+        rules: bool = True,
         use_uvloop: bool = True,
     ) -> None:
         if ephemeral and data_dir is not None:
@@ -152,6 +153,11 @@ class LocalDSQL:
 
         self.inject = parse_spec(inject) if isinstance(inject, str) else dict(inject or {})
         self.seed = seed
+        # rules=False relays statements untouched: for measuring what DSQL's rules cost.
+        self.rules = rules
+        if not rules:
+            self.occ_mode = "off"
+            self.schema_conflicts = False
         self.use_uvloop = use_uvloop
         self.port = 0
         self.state: EndpointState | None = None
@@ -357,6 +363,7 @@ class LocalDSQL:
             lock_timeout=self.lock_timeout,
             schema_conflicts=self.schema_conflicts,
             faults=Faults(self.inject, self.seed),
+            rules=self.rules,
         )
         return Server(config, server_context(files), lambda: self._address)
 

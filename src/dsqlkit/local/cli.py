@@ -91,6 +91,9 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="inject faults, e.g. occ=0.05,oc001=0.01,disconnect=0.01,auth-outage=0.02",
     )
     p.add_argument("--seed", type=int, default=None, help="seed for --inject")
+    p.add_argument("--passthrough", action="store_true",
+                   help="relay statements untouched (no DSQL dialect, rules or OCC): only "
+                        "for measuring what they cost")
     p.add_argument(
         "--json",
         action="store_true",
@@ -154,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
             schema_conflicts=not args.no_schema_conflicts,
             inject=args.inject,
             seed=args.seed,
+            rules=not args.passthrough,
         )
     except ConfigError as exc:
         print(f"dsqlkit local: {exc}", file=sys.stderr)

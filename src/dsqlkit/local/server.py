@@ -51,6 +51,9 @@ class EndpointConfig:
     # A committed DDL fails other sessions' next statement with OC001, as on DSQL.
     schema_conflicts: bool = True
     faults: Faults = field(default_factory=Faults)
+    # False: relay statements untouched (no dialect, rules or OCC emulation); only for
+    # measuring what the rules cost.
+    rules: bool = True
 
 
 class TokenBucket:

@@ -850,6 +850,8 @@ class Session:
         except wire.ProtocolViolation as exc:
             self._violation_in_pump(exc)
             return None
+        if not self.server.config.rules:
+            return None, None
         analysis = self._analysis(sql)
         if analysis is None:
             return _PENDING
@@ -865,6 +867,8 @@ class Session:
         except wire.ProtocolViolation as exc:
             self._violation_in_pump(exc)
             return None
+        if not self.server.config.rules:
+            return None, None
         analysis = self._analysis(sql)
         if analysis is None:
             return _PENDING
