@@ -228,6 +228,7 @@ class LocalDSQL:
             "AWS_ACCESS_KEY_ID": creds.access_key,
             "AWS_SECRET_ACCESS_KEY": creds.secret_key,
             "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,  # what AWS CLI v1 reads
             "PGHOST": self.host,
             "PGPORT": str(self.port),
             "PGUSER": "admin",

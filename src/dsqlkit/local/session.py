@@ -990,6 +990,11 @@ class Session:
                                                expect[0][0], replacement)
             if mtype == wire.COMMAND_COMPLETE or mtype == wire.EMPTY_QUERY:
                 self._result_index += 1
+            elif mtype == wire.NOTICE_RESPONSE and self.unit_ddl and data.find(
+                    b"skipping", start, end) >= 0:
+                # "relation ... already exists, skipping": an IF [NOT] EXISTS DDL that
+                # changed nothing; it does not make other sessions' catalogs stale.
+                self.unit_ddl = False
             if self.conflict is not None:
                 replacement = b""  # the unit will run again; drop its first answer
             if replacement is not None:
