@@ -424,3 +424,33 @@ def test_asyncio_many_sessions(dsql_local: LocalDSQL) -> None:
         assert await asyncio.gather(*(one(i) for i in range(30))) == list(range(30))
 
     asyncio.run(main())
+
+
+def test_profile_keys_are_the_trusted_ones(
+    dsql_local: LocalDSQL, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds_file = state_dir / "credentials"
+    creds_file.write_text("[dev]\naws_access_key_id = AKIAPROFILEEXAMPLE01\n"
+                          "aws_secret_access_key = profile/secret+key\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds_file))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(state_dir / "config"))
+    with LocalDSQL(dsql_local.data_dir, backend_url=dsql_local.backend_url, port=0,
+                   profile="dev") as ep:
+        assert ep.credentials.access_key == "AKIAPROFILEEXAMPLE01"
+        with psycopg.connect(ep.dsn()) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        # The data directory's own key pair is not trusted when a profile is.
+        other = sigv4.presign_token("localhost", ep.region, dsql_local.credentials,
+                                    action="DbConnectAdmin")
+        assert "security token included in the request is invalid" in connect_error(
+            ep, password=other)
+
+
+@pytest.mark.skipif(not any(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+                    and shutil.which("initdb") is None, reason="no system PostgreSQL")
+def test_system_postgresql_backend() -> None:
+    with LocalDSQL(ephemeral=True, port=0, backend="system") as ep:
+        assert "pgserver" not in str(ep.postgres.bin_dir)
+        with psycopg.connect(ep.dsn()) as conn:
+            assert conn.info.parameter_status("server_version") == "16.15"
+            assert conn.execute("SHOW server_version").fetchone() == ("16.15",)

@@ -122,6 +122,7 @@ class LocalDSQL:
         inject: Mapping[str, float] | str | None = None,
         seed: int | None = None,
         rules: bool = True,
+        transaction_age_limit: float = 300.0,
         use_uvloop: bool = True,
     ) -> None:
         if ephemeral and data_dir is not None:
@@ -155,6 +156,7 @@ class LocalDSQL:
         self.seed = seed
         # rules=False relays statements untouched: for measuring what DSQL's rules cost.
         self.rules = rules
+        self.transaction_age_limit = transaction_age_limit
         if not rules:
             self.occ_mode = "off"
             self.schema_conflicts = False
@@ -365,6 +367,7 @@ class LocalDSQL:
             schema_conflicts=self.schema_conflicts,
             faults=Faults(self.inject, self.seed),
             rules=self.rules,
+            transaction_age_limit=self.transaction_age_limit,
         )
         return Server(config, server_context(files), lambda: self._address)
 

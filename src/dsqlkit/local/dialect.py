@@ -1862,11 +1862,14 @@ class TransactionRules:
         if (self._mode == _BLOCK and self.age_limit is not None and action != "rollback"
                 and self._clock() - self._began_at > self.age_limit):
             age = int(self._clock() - self._began_at)
-            detail = f"Current transaction age {age}s exceeds {int(self.age_limit)}s"
+            limit = int(self.age_limit)
+            detail = f"Current transaction age {age}s exceeds {limit}s"
+            refusal = AGE_LIMIT_EXCEEDED if limit == TRANSACTION_AGE_LIMIT else Refusal(
+                PROGRAM_LIMIT_EXCEEDED, f"transaction age limit of {limit}s exceeded")
             if action == "commit":
                 self._end_block()
-                return Verdict(AGE_LIMIT_EXCEEDED, detail=detail)
-            return self._fail(AGE_LIMIT_EXCEEDED, detail)
+                return Verdict(refusal, detail=detail)
+            return self._fail(refusal, detail)
         refusal = stmt.refusal
         if waive and stmt.waiver is not None:
             refusal = stmt.refusal_if_waived

@@ -54,6 +54,8 @@ class EndpointConfig:
     # False: relay statements untouched (no dialect, rules or OCC emulation); only for
     # measuring what the rules cost.
     rules: bool = True
+    # DSQL aborts transactions older than 300 s (configurable for tests).
+    transaction_age_limit: float = 300.0
 
 
 class TokenBucket:

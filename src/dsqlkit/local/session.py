@@ -209,7 +209,9 @@ class Session:
         self.key = (0, 0)
         self.started = time.monotonic()
         self.settings: dict[str, str] = {}
-        self.rules = dialect.TransactionRules(row_limit=None)
+        # The row limit is enforced in the backend (see catalog.py), the rest here.
+        self.rules = dialect.TransactionRules(
+            row_limit=None, age_limit=server.config.transaction_age_limit)
         # Named prepared statements, for a Bind that runs one again.
         self.prepared: dict[str, tuple[dialect.Analysis, list[int]]] = {}
         # -- relay state
