@@ -1864,12 +1864,12 @@ class TransactionRules:
             age = int(self._clock() - self._began_at)
             limit = int(self.age_limit)
             detail = f"Current transaction age {age}s exceeds {limit}s"
-            refusal = AGE_LIMIT_EXCEEDED if limit == TRANSACTION_AGE_LIMIT else Refusal(
+            too_old = AGE_LIMIT_EXCEEDED if limit == TRANSACTION_AGE_LIMIT else Refusal(
                 PROGRAM_LIMIT_EXCEEDED, f"transaction age limit of {limit}s exceeded")
             if action == "commit":
                 self._end_block()
-                return Verdict(refusal, detail=detail)
-            return self._fail(refusal, detail)
+                return Verdict(too_old, detail=detail)
+            return self._fail(too_old, detail)
         refusal = stmt.refusal
         if waive and stmt.waiver is not None:
             refusal = stmt.refusal_if_waived
