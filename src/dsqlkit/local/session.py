@@ -1342,6 +1342,13 @@ class Session:
             self.backend.link.write(wire.TERMINATE_MSG)
             self.backend.link.close()
         self.client.close()
+        # A slow path waiting on the backend (a replay, a catalog question) will never get
+        # its answer now.
+        internal = self._internal
+        if internal is not None and not internal.future.done():
+            internal.future.set_exception(ConnectionError("session closed"))
+        if self._rerun is not None and not self._rerun.done():
+            self._rerun.set_exception(ConnectionError("session closed"))
         if not self.done.done():
             self.done.set_result(None)
 
