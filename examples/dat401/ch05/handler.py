@@ -14,9 +14,9 @@ The seed retried forever and without waiting -- under contention that turns a ho
 a busy loop. The policy here comes from the environment (defaults in parentheses):
 
 ``OCC_MAX_ATTEMPTS``   attempts in total, the first included (20)
-``OCC_BASE_DELAY_MS``  wait before the first retry, doubling after each (2)
-``OCC_MAX_DELAY_MS``   cap on one wait (250)
-``OCC_JITTER``         random extra wait, as a fraction of the wait, 0 to 1 (1.0)
+``OCC_BASE_DELAY_MS``  wait before the first retry, doubling after each (100)
+``OCC_MAX_DELAY_MS``   cap on one wait (100)
+``OCC_JITTER``         random extra wait, as a fraction of the wait, 0 to 1 (0.25)
 ``OCC_DEADLINE_MS``    total budget; no retry starts past it (10000)
 """
 
@@ -52,15 +52,16 @@ def retry_policy() -> OCCRetryConfig:
     experiment, 10 writers over 10 accounts) with the budget cut to 10 s, well inside the
     function's 30-second timeout, so a retry never races the timeout.
     """
-    attempts = _number("OCC_MAX_ATTEMPTS", 20)
+    preset = OCCRetryConfig.high_contention(deadline=10.0)
+    attempts = _number("OCC_MAX_ATTEMPTS", preset.max_attempts)
     if attempts != int(attempts):
         raise bank.ConfigurationError("OCC_MAX_ATTEMPTS must be a whole number")
-    return OCCRetryConfig(
+    return preset.with_options(
         max_attempts=int(attempts),
-        base_delay=_number("OCC_BASE_DELAY_MS", 2) / 1000,
-        max_delay=_number("OCC_MAX_DELAY_MS", 250) / 1000,
-        jitter_factor=_number("OCC_JITTER", 1.0),
-        deadline=_number("OCC_DEADLINE_MS", 10_000) / 1000,
+        base_delay=_number("OCC_BASE_DELAY_MS", preset.base_delay * 1000) / 1000,
+        max_delay=_number("OCC_MAX_DELAY_MS", preset.max_delay * 1000) / 1000,
+        jitter_factor=_number("OCC_JITTER", preset.jitter_factor),
+        deadline=_number("OCC_DEADLINE_MS", (preset.deadline or 10.0) * 1000) / 1000,
     )
 
 

@@ -58,9 +58,9 @@ CHAPTERS: tuple[tuple[str, bool, dict[str, str]], ...] = (
     ("ch04", True, {}),
     ("ch05", True, {
         "OCC_MAX_ATTEMPTS": "20",
-        "OCC_BASE_DELAY_MS": "2",
-        "OCC_MAX_DELAY_MS": "250",
-        "OCC_JITTER": "1.0",
+        "OCC_BASE_DELAY_MS": "100",
+        "OCC_MAX_DELAY_MS": "100",
+        "OCC_JITTER": "0.25",
         "OCC_DEADLINE_MS": "10000",
     }),
 )
