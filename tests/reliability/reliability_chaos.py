@@ -137,9 +137,11 @@ class ChaosReport:
                                                      self.connection_errors.most_common())
                                           or "none"),
             f"unexpected errors        {len(self.unexpected_errors)}",
-            f"unknown COMMIT outcomes  {self.unknown_outcomes} ({self.unknown_committed} had "
-            f"committed, {self.unknown_outcomes - self.unknown_committed} had not); ledger and "
-            f"retry disagreed {len(self.unknown_disagreements)} times",
+            f"unknown COMMIT outcomes  {self.unknown_outcomes}: the ledger then held "
+            f"{self.unknown_committed} of them (committed by that attempt or by a duplicate "
+            f"submission), {self.unknown_outcomes - self.unknown_committed} not (retried); "
+            f"the ledger and the retried transfer disagreed {len(self.unknown_disagreements)} "
+            "times",
             f"sum of balances          {self.sum_before} before, {self.sum_after} after",
             f"ledger                   {self.ledger_rows:,} rows; balances off the ledger: "
             f"{len(self.balance_mismatches)}; phantom rows: {self.phantom_ledger_rows}; "

@@ -154,6 +154,32 @@ def test_fatal_error_inside_a_transaction_reaches_the_client(
         c.close()
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "bug: inside a transaction block (occ_mode=commit) a unit's answer is held back until "
+    "the unit completes, and that includes the CopyInResponse of COPY ... FROM STDIN: the "
+    "client waits for it before sending data, the endpoint waits for the unit to end, and "
+    "the session hangs (psycopg: `with conn.transaction(): cur.copy('COPY t FROM STDIN')` "
+    "never returns)"))
+def test_copy_from_stdin_inside_a_transaction(wire_endpoint: EndpointInfo) -> None:
+    prepare(wire_endpoint)
+    c = _logged_in(wire_endpoint)
+    try:
+        c.send(wire.query("BEGIN"))
+        assert _answers(c) == ["C", "Z"]
+        c.send(wire.query("COPY fuzz_copy FROM STDIN"))
+        c.sock.settimeout(3)
+        try:
+            mtype, _ = c.read()
+        except TimeoutError:
+            mtype = 0
+        assert mtype == wire.COPY_IN_RESPONSE, "no CopyInResponse within 3 s"
+        c.send(wire.message(wire.COPY_DATA, b"in a block\n") + wire.message(wire.COPY_DONE)
+               + wire.query("COMMIT"))
+        assert _answers(c, ready=2)[-1] == "Z"
+    finally:
+        c.close()
+
+
 def test_the_known_internal_errors_are_recognised() -> None:
     record = ("ERROR dsqlkit.local.session: internal error in a session; closing it\n"
               "Traceback (most recent call last):\n  File \"x\", line 1, in _presentation_for\n"
