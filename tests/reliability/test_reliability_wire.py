@@ -24,12 +24,12 @@ from dsqlkit.local import wire
 
 def test_wire_fuzz(wire_endpoint: EndpointInfo) -> None:
     ep = wire_endpoint
-    report = run_wire_fuzz(ep, messages=6000, threads=6, holders=45, seed=8)
+    report = run_wire_fuzz(ep, messages=10_000, threads=6, holders=45, seed=8)
     print("\n" + "\n".join(report.lines()))
     t = report.tally
     # Every bad session ended with an error, or closed where no error can be sent.
     assert t.violations == []
-    assert t.messages >= 6000
+    assert t.messages >= 10_000
     assert set(t.sessions) == set(SCRIPTS)
     assert t.errors["FATAL 08P01"] > 0 and t.errors["FATAL 08006"] > 0
     assert t.endings["error"] > t.endings["closed"] + t.endings["client-closed"]
