@@ -309,7 +309,8 @@ def verify_token(
     except ValueError:
         raise TokenRejected("malformed token: invalid X-Amz-Date") from None
     expires_raw = p["X-Amz-Expires"]
-    if not expires_raw.isdigit() or len(expires_raw) > 7:
+    # isascii: str.isdigit() also accepts digits int() refuses (superscripts, circled...).
+    if not (expires_raw.isascii() and expires_raw.isdigit()) or len(expires_raw) > 7:
         raise TokenRejected("malformed token: X-Amz-Expires must be a whole number of seconds")
     expires_in = int(expires_raw)
     if not 1 <= expires_in <= MAX_EXPIRES_IN:
@@ -324,16 +325,17 @@ def verify_token(
     if action not in ACTIONS or action != action_for_user(user):
         raise TokenRejected(f"Wrong user to action mapping. user: {user}, action: {action}")
     moment = now if now is not None else datetime.now(timezone.utc)
+    # The future check comes first: near year 9999, issued + expires would overflow.
+    if issued - moment > MAX_CLOCK_SKEW:
+        raise TokenRejected(
+            f"Signature not yet current: {amz_date} is still later than "
+            f"{_fmt(moment + MAX_CLOCK_SKEW)} ({_fmt(moment)} + 15 min.)"
+        )
     expires_at = issued + timedelta(seconds=expires_in)
     if moment > expires_at:
         raise TokenRejected(
             f"Signature expired: {amz_date} is now earlier than {_fmt(moment)} "
             f"({amz_date} + {expires_in} s)"
-        )
-    if issued - moment > MAX_CLOCK_SKEW:
-        raise TokenRejected(
-            f"Signature not yet current: {amz_date} is still later than "
-            f"{_fmt(moment + MAX_CLOCK_SKEW)} ({_fmt(moment)} + 15 min.)"
         )
     trusted = lookup(access_key)
     if trusted is None:

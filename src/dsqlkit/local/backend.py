@@ -195,8 +195,7 @@ class ManagedPostgres:
             self.socket_dir = tempfile.mkdtemp(prefix="dsqlkit-pg-")
             os.chmod(self.socket_dir, 0o700)
             self._chown(Path(self.socket_dir))
-        stale = self.pgdata / "postmaster.pid"
-        self._reap_stale(stale)
+        self._reap_stale()
         settings = {
             "listen_addresses": "",
             "unix_socket_directories": self.socket_dir,
@@ -209,7 +208,10 @@ class ManagedPostgres:
             "logging_collector": "off",
             "log_min_messages": "warning",
             "log_min_error_statement": "panic",
-            "synchronous_commit": "off",
+            # A COMMIT is acknowledged only once its WAL reached the kernel: killing
+            # PostgreSQL (a crash, kill_backend()) never loses an acknowledged commit, as DSQL
+            # never does. fsync decides whether an OS crash can.
+            "synchronous_commit": "on",
             "fsync": "on" if self.durable else "off",
             "full_page_writes": "on" if self.durable else "off",
             "max_locks_per_transaction": "256",
@@ -252,7 +254,10 @@ class ManagedPostgres:
                 )
             with contextlib.suppress(OSError):
                 lines = pidfile.read_text().splitlines()
-                if len(lines) >= 8 and lines[7].strip() == "ready" and sock.exists():
+                # The pid check matters after a crash: the killed postmaster's file still
+                # says "ready" until the new one replaces it.
+                if (len(lines) >= 8 and lines[0].strip() == str(self.proc.pid)
+                        and lines[7].strip() == "ready" and sock.exists()):
                     return
             time.sleep(0.02)
         raise LocalEndpointError(f"PostgreSQL did not become ready in {timeout:.0f} s; "
@@ -264,66 +269,57 @@ class ManagedPostgres:
         except OSError:
             return "(no log)"
 
-    def _reap_stale(self, pidfile: Path) -> None:
+    def _reap_stale(self) -> None:
         """Kill what is left of an earlier postmaster on this data directory (after SIGKILL)."""
-        try:
-            pid = int(pidfile.read_text().splitlines()[0])
-        except (OSError, ValueError, IndexError):
-            return
-        for p in self._cluster_pids(pid):
+        leftovers = self._cluster_pids()
+        for p in leftovers:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(p, signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(self._alive(p) for p in self._cluster_pids(pid)):
+        while leftovers and time.monotonic() < deadline:
+            leftovers = [p for p in leftovers if self._alive(p)]
             time.sleep(0.02)
 
     @staticmethod
     def _alive(pid: int) -> bool:
+        """Still running: a zombie (dead, not yet reaped by its new parent) does not count;
+        it holds no shared memory any more."""
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
             return False
-        except PermissionError:
-            return True
-        return True
+        return state not in ("Z", "X")
 
-    def _cluster_pids(self, postmaster_pid: int) -> list[int]:
-        """The postmaster and the backends it forked, found through /proc."""
+    def _cluster_pids(self) -> list[int]:
+        """Every process of this cluster, found through /proc: the postmaster, its backends,
+        and the orphans of a SIGKILLed postmaster (reparented, and still holding the
+        cluster's shared memory while they finish a statement). PostgreSQL processes work
+        in the data directory, so their cwd names it; a pid alone could have been reused.
+        """
         pids = []
-        for stat in glob.glob("/proc/[0-9]*/stat"):
+        data_dir = os.path.realpath(self.pgdata)
+        me = os.getpid()
+        for proc in glob.glob("/proc/[0-9]*"):
             try:
-                with open(stat) as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                pid = int(stat.split("/")[2])
-                ppid = int(fields[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if pid == postmaster_pid or ppid == postmaster_pid:
-                pids.append(pid)
-        if not pids:
-            return []
-        # Orphans of a SIGKILLed postmaster get reparented; find them by their cmdline.
-        marker = str(self.pgdata)
-        for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
-            try:
-                with open(cmdline, "rb") as f:
-                    if marker.encode() in f.read():
-                        pids.append(int(cmdline.split("/")[2]))
+                pid = int(proc.rsplit("/", 1)[1])
+                if pid != me and os.readlink(f"{proc}/cwd") == data_dir:
+                    pids.append(pid)
             except (OSError, ValueError):
                 continue
-        return sorted(set(pids))
+        return pids
 
     def kill(self) -> None:
         """SIGKILL the postmaster (chaos testing): sessions on it die, data survives."""
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        # As after a real crash, the backends left behind are reaped at the next start.
 
     def restart(self, timeout: float = 30.0) -> BackendAddress:
         """Start again after a crash or a stop, on the same socket directory."""
         if self.proc is not None and self.proc.poll() is None:
             self.stop(remove_socket_dir=False)
-        self._reap_stale(self.pgdata / "postmaster.pid")
         return self.start(timeout)
 
     def stop(self, timeout: float = 10.0, *, remove_socket_dir: bool = True) -> None:

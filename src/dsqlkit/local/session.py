@@ -221,6 +221,8 @@ class Session:
         self.unit_closed = True
         self.backend_skipping = False
         self.copy_in = False
+        # A COPY ... FROM STDIN is in flight: its data may come before the CopyInResponse.
+        self.copy_expected = False
         self.txn_status = _IDLE
         self.expired = False
         self.busy = False
@@ -354,6 +356,9 @@ class Session:
         except TokenRejected as exc:
             log.info("rejected a token for user %r: %s", user, exc.hint)
             raise access_denied(exc.hint) from None
+        except Exception as exc:  # a verifier bug must still answer as DSQL does
+            log.warning("token verification failed unexpectedly (%s)", type(exc).__name__)
+            raise access_denied("malformed token") from None
         await self.server.authorize(user)
         if self.server.faults.roll("auth-outage"):
             raise Refusal("08006", "unable to accept connection, waking up cluster, "
@@ -449,7 +454,7 @@ class Session:
             while i < n:
                 mtype, start, end = frames[i]
                 if self.unit_closed and expect and not (
-                    self.copy_in and mtype in _COPY_IN_MESSAGES
+                    mtype in _COPY_IN_MESSAGES and (self.copy_in or self.copy_expected)
                 ):
                     break
                 if self.unit_closed and not expect:
@@ -511,6 +516,7 @@ class Session:
                 elif mtype in _COPY_IN_MESSAGES:
                     if mtype != wire.COPY_DATA:
                         self.copy_in = False
+                        self.copy_expected = False
                 elif mtype == wire.TERMINATE:
                     out.append(data[seg:start])
                     self._flush()
@@ -595,13 +601,16 @@ class Session:
             self._portal_present[portal] = present
 
     def _presentation_for(self, mtype: int, data: bytes, start: int, end: int) -> Special | None:
-        if mtype == wire.DESCRIBE:
-            kind, name = wire.parse_describe_or_close(data[start:end])
-            found = (self._stmt_present if kind == "S" else self._portal_present).get(name)
-        elif mtype == wire.EXECUTE:
-            found = self._portal_present.get(wire.parse_execute(data[start:end])[0])
-        else:
-            return None
+        try:
+            if mtype == wire.DESCRIBE:
+                kind, name = wire.parse_describe_or_close(data[start:end])
+                found = (self._stmt_present if kind == "S" else self._portal_present).get(name)
+            elif mtype == wire.EXECUTE:
+                found = self._portal_present.get(wire.parse_execute(data[start:end])[0])
+            else:
+                return None
+        except wire.ProtocolViolation:
+            return None  # PostgreSQL answers a malformed message with 08P01 and the end
         return Special(present=found) if found is not None else None
 
     def _record(self, mtype: int, frame: bytes, pushed: _Expect | None) -> None:
@@ -857,6 +866,8 @@ class Session:
         analysis = self._analysis(sql)
         if analysis is None:
             return _PENDING
+        if any(stmt.copy_from_stdin for stmt in analysis.statements):
+            self.copy_expected = True
         policy = self._statement_policy(analysis, extended=False)
         if policy is _PENDING:
             return _PENDING
@@ -1038,7 +1049,12 @@ class Session:
                 self.unit_out.clear()
                 self.unit_flushed = True
                 self.txn_replayable = False
-        if self.unit_flushed:
+        if self.recording and self.copy_in and not self.unit_flushed:
+            # The client sends COPY data only once it has the CopyInResponse: hand it over
+            # now (this unit can no longer be replayed transparently).
+            self.unit_flushed = True
+            self.txn_replayable = False
+        if self.unit_flushed or close_after:
             self._to_client.extend(self.unit_out)
             self.unit_out.clear()
         if close_after:
@@ -1084,6 +1100,7 @@ class Session:
 
     def _unit_done(self) -> None:
         """The backend answered the whole unit."""
+        self.copy_expected = False
         rerun = self._rerun
         if self.conflict is not None:
             self.unit_out = []

@@ -457,7 +457,8 @@ def data_row(values: Sequence[str | None]) -> bytes:
 
 
 def parse_message(name: str, sql: str, oids: Sequence[int]) -> bytes:
-    body = _cstr(name) + _cstr(sql) + struct.pack(f"!h{len(oids)}I", len(oids), *oids)
+    # Type oids were read as signed int32 (parse_parse); write them back the same way.
+    body = _cstr(name) + _cstr(sql) + struct.pack(f"!h{len(oids)}i", len(oids), *oids)
     return message(PARSE, body)
 
 
