@@ -2,8 +2,8 @@
 injected OC000 conflicts, dropped connections and a SIGKILLed backend, with an idempotent
 ledger; then the invariants.
 
-    python bench/chaos.py                          # 10,000 transfers, both commit modes
-    python bench/chaos.py --transfers 3000 --commits durable
+    python bench/chaos.py                          # 10,000 transfers
+    python bench/chaos.py --transfers 3000 --threads 8
 
 Transfers run through a dsqlkit psycopg pool with ``dsqlkit.occ.run_transaction``
 (``OCCRetryConfig.high_contention()``) around ``bank.transfer`` from examples/dat401, plus a
@@ -11,15 +11,10 @@ ledger row with a client-chosen UUID in the same transaction. The endpoint injec
 10 % of COMMITs and drops 1 % of connections mid-transaction; halfway through, the backend
 PostgreSQL is SIGKILLed and restarted. A share of the transfers is submitted twice.
 
-``--commits shipped`` runs the endpoint as it ships (its PostgreSQL has
-synchronous_commit=off, so the crash loses acknowledged commits); ``durable`` first sets
-``ALTER ROLE admin SET synchronous_commit = on``; ``both`` (default) runs one after the other.
-
 Checks: the sum of balances is unchanged; balances equal the initial ones plus every ledger
 row's effect; every transfer the client saw succeed is in the ledger (exactly once: it is the
 primary key); unknown COMMIT outcomes were resolved and the ledger agreed with the retry; the
-same pool serves transfers afterwards. Exits 1 if a check fails (in ``shipped`` mode, lost
-acknowledged transfers are reported as the known bug they are, not as a failure).
+same pool serves transfers afterwards. Exits 1 if a check fails.
 """
 
 from __future__ import annotations
@@ -41,7 +36,7 @@ def failures(report: ChaosReport) -> list[str]:
         out.append("balances do not match the ledger")
     if report.phantom_ledger_rows or report.rejected_in_ledger:
         out.append("the ledger holds transfers that were never made")
-    if report.lost_acknowledged and report.plan.durable_commits:
+    if report.lost_acknowledged:
         out.append("acknowledged transfers are missing")
     if report.outcomes["gave-up"] or report.outcomes["pending"]:
         out.append("transfers gave up")
@@ -67,11 +62,8 @@ def main() -> int:
     ap.add_argument("--duplicates", type=float, default=0.05)
     ap.add_argument("--after", type=int, default=500,
                     help="transfers on the same pool after the chaos")
-    ap.add_argument("--commits", choices=("shipped", "durable", "both"), default="both")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
-    modes = {"shipped": [False], "durable": [True], "both": [False, True]}[args.commits]
-    ok = True
     last = [0.0]
 
     def progress(done: int, total: int) -> None:
@@ -79,27 +71,21 @@ def main() -> int:
             last[0] = time.monotonic()
             print(f"  ... {done:,} of {total:,}", flush=True)
 
-    for durable in modes:
-        plan = ChaosPlan(transfers=args.transfers, threads=args.threads, accounts=args.accounts,
-                         kill_at=args.kill_at, duplicates=args.duplicates, after=args.after,
-                         seed=args.seed, durable_commits=durable)
-        title = ("durable commits (ALTER ROLE admin SET synchronous_commit = on)" if durable
-                 else "the endpoint as shipped (synchronous_commit=off)")
-        print(f"== chaos: {title}; inject occ={args.occ}, disconnect={args.disconnect}, "
-              f"backend SIGKILL at {args.kill_at:.0%}", flush=True)
-        with chaos_endpoint(occ=args.occ, disconnect=args.disconnect, seed=args.seed) as ep:
-            report = run_chaos(ep, plan, progress=progress)
-        for line in report.lines():
-            print("  " + line)
-        broken = failures(report)
-        for b in broken:
-            print(f"  FAILED: {b}")
-        if report.lost_acknowledged and not durable:
-            print(f"  known bug: {len(report.lost_acknowledged)} acknowledged transfers lost in "
-                  "the crash (xfail test_acknowledged_commits_survive_a_backend_crash)")
-        ok &= not broken
-    print(f"== {'PASS' if ok else 'FAIL'}")
-    return 0 if ok else 1
+    plan = ChaosPlan(transfers=args.transfers, threads=args.threads, accounts=args.accounts,
+                     kill_at=args.kill_at, duplicates=args.duplicates, after=args.after,
+                     seed=args.seed)
+    print(f"== chaos: {args.transfers:,} transfers, {args.threads} threads, {args.accounts} "
+          f"accounts; inject occ={args.occ}, disconnect={args.disconnect}; backend SIGKILL "
+          f"at {args.kill_at:.0%}", flush=True)
+    with chaos_endpoint(occ=args.occ, disconnect=args.disconnect, seed=args.seed) as ep:
+        report = run_chaos(ep, plan, progress=progress)
+    for line in report.lines():
+        print("  " + line)
+    broken = failures(report)
+    for b in broken:
+        print(f"  FAILED: {b}")
+    print(f"== {'PASS' if not broken else 'FAIL'}")
+    return 1 if broken else 0
 
 
 if __name__ == "__main__":

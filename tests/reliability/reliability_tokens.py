@@ -602,23 +602,6 @@ def mutate(draw: Draw, ctx: Context = DEFAULT, rounds: int = 2) -> Case:
 
 
 # ---------------------------------------------------------------------------------------------
-# known verifier bugs: inputs the property test leaves to the xfail tests that pin them
-
-
-def known_bug(case: Case) -> str | None:
-    """The name of a known verifier bug this token would trigger, if any."""
-    m = meaning(case.token)
-    params = dict(m[1]) if m is not None else {}
-    expires = params.get("X-Amz-Expires", "")
-    if expires.isdigit() and not expires.isdecimal() and len(expires) <= 7:
-        return "expires-non-decimal-digit"  # int() raises ValueError
-    date = params.get("X-Amz-Date", "")
-    if date.startswith("9999"):
-        return "expiry-overflows-year-9999"  # issued + expires raises OverflowError
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
 # running one case
 
 

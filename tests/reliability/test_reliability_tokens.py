@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import unquote
 
 import pytest
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from reliability_endpoint import Closed, EndpointInfo, RawConn, error_of, hint_of
 from reliability_tokens import (
@@ -29,7 +29,6 @@ from reliability_tokens import (
     RandomDraw,
     base_token,
     dsql_hint,
-    known_bug,
     meaning,
     mutate,
     problems,
@@ -48,8 +47,6 @@ from dsqlkit.local import wire
 @given(st.data())
 def test_mutated_tokens_are_refused_unless_neutral(data: st.DataObject) -> None:
     case = mutate(HypothesisDraw(data))
-    # Inputs of the two known verifier crashes are pinned by the xfail tests below.
-    assume(known_bug(case) is None)
     event(case.mutation.split("+")[0].split(":")[0])
     outcome = verify(case)
     assert not problems(case, outcome), (case.mutation, case.token, outcome)
@@ -69,8 +66,6 @@ def test_every_mutation_family(name: str) -> None:
     for _ in range(150):
         base = base_token(draw)
         case = MUTATIONS[name](draw, base)
-        if known_bug(case):
-            continue
         outcome = verify(case)
         assert not problems(case, outcome), (case.mutation, case.token, outcome)
         seen[outcome.accepted] += 1
@@ -103,8 +98,6 @@ def test_every_rejection_hint_is_reachable() -> None:
     seen: set[int] = set()
     for _ in range(6000):
         case = mutate(draw)
-        if known_bug(case):
-            continue
         outcome = verify(case)
         if outcome.hint is not None:
             seen.update(i for i, p in enumerate(HINTS) if p.fullmatch(outcome.hint))
@@ -125,22 +118,18 @@ def _token_with(expires: str | None = None, date: str | None = None) -> tuple[st
     return token, base
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "bug: verify_token checks X-Amz-Expires with str.isdigit(), which accepts digits that "
-    "int() refuses (superscripts, circled digits): int('²') raises ValueError instead of "
-    "TokenRejected"))
 def test_expires_with_a_non_decimal_digit_is_refused() -> None:
+    """str.isdigit() accepts digits int() refuses: int('²') raised ValueError, not
+    TokenRejected (found by the fuzzer; fixed in 30d9913)."""
     token, _ = _token_with(expires="%C2%B2")  # '²'
-    with pytest.raises(TokenRejected):
+    with pytest.raises(TokenRejected, match="X-Amz-Expires must be a whole number"):
         sigv4.verify_token(token, user="admin", region="us-east-1", hosts=["localhost"],
                            lookup={PLAIN.access_key: PLAIN}.get, now=NOW)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "bug: verify_token computes issued + expires before checking the clock skew; for an "
-    "X-Amz-Date in the last days of year 9999 that raises OverflowError instead of "
-    "TokenRejected"))
 def test_a_date_at_the_end_of_time_is_refused() -> None:
+    """issued + expires was computed before the clock-skew check: near the end of year
+    9999 it raised OverflowError, not TokenRejected (found by the fuzzer; fixed in 30d9913)."""
     token, _ = _token_with(date="99991231T235959Z")
     with pytest.raises(TokenRejected, match="not yet current"):
         sigv4.verify_token(token, user="admin", region="us-east-1", hosts=["localhost"],
@@ -187,7 +176,7 @@ def test_bad_passwords_over_the_wire(wire_endpoint: EndpointInfo) -> None:
     while sum(counts.values()) < 300:
         case = mutate(RandomDraw(rng), ctx)
         # A NUL cannot be sent in a password message (it would end the string).
-        if known_bug(case) or "\0" in case.token or case.user != "admin":
+        if "\0" in case.token or case.user != "admin":
             continue
         answer = _present(ep, case.token)
         if case.expected():
@@ -206,16 +195,20 @@ def test_bad_passwords_over_the_wire(wire_endpoint: EndpointInfo) -> None:
     assert counts["logged in"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: the ValueError of int('²') escapes the session (see "
-    "test_expires_with_a_non_decimal_digit_is_refused); the endpoint closes the connection "
-    "without FATAL 08006 and logs 'Task exception was never retrieved'"))
-def test_a_crashing_password_still_gets_access_denied(wire_endpoint: EndpointInfo) -> None:
+@pytest.mark.parametrize("token_edit", [
+    ("X-Amz-Expires=900", "X-Amz-Expires=%C2%B2"),
+    ("X-Amz-Expires=900", "X-Amz-Expires=9%E2%91%A0"),
+])
+def test_a_password_that_crashed_the_verifier_gets_access_denied(
+        wire_endpoint: EndpointInfo, token_edit: tuple[str, str]) -> None:
+    """The verifier's ValueError used to escape the session: the connection closed without
+    FATAL 08006 and the endpoint logged 'Task exception was never retrieved'."""
     ep = wire_endpoint
-    token = ep.token().replace("X-Amz-Expires=900", "X-Amz-Expires=%C2%B2")
+    token = ep.token().replace(*token_edit)
     answer = _present(ep, token)
-    assert answer and answer[0][0] == wire.ERROR_RESPONSE
-    assert error_of(answer[0][1])[:2] == ("FATAL", "08006")
+    assert len(answer) == 1 and answer[0][0] == wire.ERROR_RESPONSE
+    assert error_of(answer[0][1]) == ("FATAL", "08006",
+                                      "unable to accept connection, access denied")
 
 
 def test_the_clock_checks_at_their_limits() -> None:
