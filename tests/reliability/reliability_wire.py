@@ -429,7 +429,7 @@ def _after_startup(rng: random.Random, s: Session, ctx: Context, complete: bool 
     """Read what the endpoint said to a (possibly malformed) startup packet and go on."""
     conn = s.conn
     assert conn is not None
-    conn.sock.settimeout(5 if complete else 1)
+    conn.sock.settimeout(10 if complete else 1)
     while True:
         try:
             mtype, frame = conn.read()
@@ -589,32 +589,49 @@ def s_relay(rng: random.Random, s: Session, ctx: Context, units: int = 40) -> No
     s.expect_error_then_close("framing violation")
 
 
+def _cancel(s: Session, pid: int, secret: int) -> None:
+    other = RawConn(s.info.port)
+    other.send(wire.cancel_request(pid, secret))
+    other.rest(2)  # the endpoint closes a cancel connection without an answer
+    other.close()
+    s.sent += 1
+
+
 def s_cancel_live(rng: random.Random, s: Session, ctx: Context) -> None:
     """Cancel a running query with the key the endpoint handed out (it must reach the
     backend: 57014), or with a wrong secret (it must not)."""
     conn = s.open()
     msgs = conn.login(s.info.token())
     s.sent += 2
-    key = next(wire.parse_backend_key(f) for t, f in msgs if t == wire.BACKEND_KEY_DATA)
+    pid, secret = next(wire.parse_backend_key(f) for t, f in msgs
+                       if t == wire.BACKEND_KEY_DATA)
     right = rng.random() < 0.5
-    s.send(wire.query("SELECT pg_sleep(0.3)"))
-    time.sleep(0.05)
-    other = RawConn(s.info.port)
-    other.send(wire.cancel_request(key[0], key[1] if right else key[1] ^ 0x5A5A))
-    other.rest(2)
-    other.close()
-    s.sent += 1
+    # The right key is sent until the query ends (a cancel that arrives before the query
+    # reached the backend cancels nothing); the wrong one twice during a short query.
+    s.send(wire.query("SELECT pg_sleep(10)" if right else "SELECT pg_sleep(0.3)"))
+    cancels = 0
     cancelled = False
-    while True:
+    conn.sock.settimeout(0.1)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if right or cancels < 2:
+            _cancel(s, pid, secret if right else secret ^ 0x5A5A)
+            cancels += 1
         try:
             mtype, frame = conn.read()
-        except (Closed, TimeoutError):
+        except TimeoutError:
+            continue
+        except Closed:
             s.end("violation", "session lost while cancelling")
             return
+        conn.sock.settimeout(10)
         if mtype == wire.ERROR_RESPONSE:
             cancelled = s.note(frame)[1] == "57014"
         if mtype == wire.READY_FOR_QUERY:
             break
+    else:
+        s.end("violation", "the cancelled query never ended")
+        return
     if cancelled != right:
         s.end("violation", f"cancel with {'right' if right else 'wrong'} key: "
                            f"cancelled={cancelled}")

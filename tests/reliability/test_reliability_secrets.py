@@ -144,8 +144,8 @@ def test_no_secret_in_logs_or_errors(capture: Capture, tmp_path: Path,
     monkeypatch.setattr(dsqlkit.auth.tokens, "presign_token", recording)
     run = Run()
     with LocalDSQL(ephemeral=True, port=0, trust={SECRET.access_key: SECRET},
-                   inject={"occ": 0.2}, seed=5, connection_rate=40,
-                   connection_burst=400) as ep:
+                   inject={"occ": 0.2}, seed=5, connection_rate=5,
+                   connection_burst=100) as ep:
         url = ep.url()
         # Good tokens, through each driver.
         with dp.connect(url, credentials=SECRET, autocommit=True) as conn:
