@@ -76,7 +76,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lock-timeout",
         type=float,
-        default=0.5,
+        default=0.1,
         help="longest wait, in seconds, on another session's row lock (default 0.1)",
     )
     p.add_argument(
