@@ -454,3 +454,19 @@ def test_system_postgresql_backend() -> None:
         with psycopg.connect(ep.dsn()) as conn:
             assert conn.info.parameter_status("server_version") == "16.15"
             assert conn.execute("SHOW server_version").fetchone() == ("16.15",)
+
+
+def test_cli_defaults_match_the_python_api() -> None:
+    import inspect
+
+    from dsqlkit.cli import build_parser
+
+    args = build_parser().parse_args(["local"])
+    api = inspect.signature(LocalDSQL).parameters
+    assert args.lock_timeout == api["lock_timeout"].default
+    assert args.max_connections == api["max_connections"].default
+    assert args.connection_rate == api["connection_rate"].default
+    assert args.connection_burst == api["connection_burst"].default
+    assert args.max_connection_age == api["max_connection_age"].default
+    assert args.occ == api["occ_mode"].default
+    assert args.region == api["region"].default
