@@ -27,6 +27,7 @@ from rich.text import Text
 from .outcomes import CONFLICTS, FAILURES, Outcome
 from .results import RunResult
 from .stats import Summary
+from .stats import format_ms as fmt_ms
 
 __all__ = ["ProgressDisplay", "comparison_table", "render_summary"]
 
@@ -113,14 +114,6 @@ def _errors_text(failed: int) -> str:
     return f"[red]{failed:,} failed[/]"
 
 
-def _ms(value: float) -> str:
-    if value < 1:
-        return f"{value * 1000:.0f} µs"
-    if value >= 100:
-        return f"{value:,.0f} ms"
-    if value >= 10:
-        return f"{value:.1f} ms"
-    return f"{value:.2f} ms"
 
 
 def _pct(part: int, whole: int) -> str:
@@ -176,11 +169,11 @@ def render_summary(r: RunResult) -> Group:
     if s.latency is not None:
         lat = s.latency
         facts.add_row("Latency", " · ".join(
-            f"{k} {_ms(v)}" for k, v in (("min", lat.min), ("p50", lat.p50), ("p90", lat.p90),
+            f"{k} {fmt_ms(v)}" for k, v in (("min", lat.min), ("p50", lat.p50), ("p90", lat.p90),
                                          ("p99", lat.p99), ("max", lat.max))))
     if s.server_latency is not None:
         lat = s.server_latency
-        facts.add_row("In function", f"p50 {_ms(lat.p50)} · p99 {_ms(lat.p99)} "
+        facts.add_row("In function", f"p50 {fmt_ms(lat.p50)} · p99 {fmt_ms(lat.p99)} "
                                      "(handler-reported transaction_time)")
     facts.add_row("Throughput", f"{s.throughput:,.1f} transfers/s over {s.elapsed:.2f} s"
                   + ("  [yellow](interrupted)[/]" if r.interrupted else ""))
@@ -225,8 +218,8 @@ def comparison_table(results: Sequence[RunResult]) -> Table:
                           for s in sums])
     row("conflicts seen", [_cell(f"{s.total_conflicts_seen:,}") for s in sums])
     row("retries (max attempts)", [_cell(f"{s.retries:,} ({s.max_attempts})") for s in sums])
-    row("latency p50", [_cell(_ms(s.latency.p50) if s.latency else "-") for s in sums])
-    row("latency p99", [_cell(_ms(s.latency.p99) if s.latency else "-") for s in sums])
+    row("latency p50", [_cell(fmt_ms(s.latency.p50) if s.latency else "-") for s in sums])
+    row("latency p99", [_cell(fmt_ms(s.latency.p99) if s.latency else "-") for s in sums])
     row("throughput", [_cell(f"{s.throughput:,.0f}/s") for s in sums])
     cells = []
     for r in results:

@@ -21,6 +21,7 @@ from dsqlkit import __version__
 from .outcomes import CONFLICTS, FAILURES, Outcome
 from .results import RunResult
 from .stats import Summary, buckets, latency_bins, log_edges, percentiles
+from .stats import format_ms as fmt_ms
 
 __all__ = ["render_report"]
 
@@ -65,16 +66,6 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _ms(v: float) -> str:
-    if v < 1:
-        return f"{v * 1000:.0f} µs"
-    if v >= 1000:
-        return f"{v / 1000:.2f} s"
-    if v >= 100:
-        return f"{v:,.0f} ms"
-    if v >= 10:
-        return f"{v:.1f} ms"
-    return f"{v:.2f} ms"
 
 
 def nice_ticks(hi: float, count: int = 5) -> list[float]:
@@ -239,7 +230,7 @@ def latency_histograms(runs: Sequence[RunResult]) -> list[str]:
             y = p.y(share)
             p.add(f'<rect x="{x0 + 0.6:.1f}" y="{y:.1f}" width="{max(x1 - x0 - 1.2, 0.8):.1f}" '
                   f'height="{p.bottom - y:.1f}" rx="1.5" fill="{colour}" fill-opacity="0.85">'
-                  f'<title>{esc(_ms(edges[k]))} to {esc(_ms(edges[k + 1]))}: '
+                  f'<title>{esc(fmt_ms(edges[k]))} to {esc(fmt_ms(edges[k + 1]))}: '
                   f'{share:.2f}%</title></rect>')
         lat = r.summary.latency
         if lat is not None:
@@ -250,7 +241,7 @@ def latency_histograms(runs: Sequence[RunResult]) -> list[str]:
                 anchor = "end" if x > p.right - 60 else "start"
                 dx = -4 if anchor == "end" else 4
                 p.add(f'<text x="{x + dx:.1f}" y="{p.top + 10 + dy:.1f}" text-anchor="{anchor}" '
-                      f'class="marker">{name} {esc(_ms(v))}</text>')
+                      f'class="marker">{name} {esc(fmt_ms(v))}</text>')
         p.x_labels(log_ticks(edges[0], edges[-1], p.x_decade_px(), 40), _ms_tick)
         p.axis_titles("latency per transfer (log scale)", "share of transfers")
         out.append(p.svg(f"latency distribution of {r.label}"))
@@ -446,8 +437,10 @@ def _run_card(i: int, r: RunResult) -> str:
         _tile("retries", f"{s.retries:,}", f"max {s.max_attempts} "
               f"attempt{'s' if s.max_attempts != 1 else ''} · "
               f"{s.retried_share * 100:.1f}% retried"),
-        _tile("p50 latency", _ms(lat.p50) if lat else "-", f"p90 {_ms(lat.p90)}" if lat else ""),
-        _tile("p99 latency", _ms(lat.p99) if lat else "-", f"max {_ms(lat.max)}" if lat else ""),
+        _tile("p50 latency", fmt_ms(lat.p50) if lat else "-",
+              f"p90 {fmt_ms(lat.p90)}" if lat else ""),
+        _tile("p99 latency", fmt_ms(lat.p99) if lat else "-",
+              f"max {fmt_ms(lat.max)}" if lat else ""),
         _tile("throughput", f"{s.throughput:,.0f}/s", f"{s.elapsed:.2f} s elapsed"),
     ]
     money = ""
@@ -508,11 +501,11 @@ def _summary_table(runs: Sequence[RunResult]) -> str:
     add("transfers that retried", [f"{s.retried_transfers:,} <small>"
                                    f"{s.retried_share * 100:.1f}%</small>" for s in sums])
     for key in ("min", "p50", "p90", "p99", "max"):
-        add(f"latency {key}", [_ms(getattr(s.latency, key)) if s.latency else "-"
+        add(f"latency {key}", [fmt_ms(getattr(s.latency, key)) if s.latency else "-"
                                for s in sums], "strong" if key in ("p50", "p99") else "")
     if any(s.server_latency is not None for s in sums):
         add("in-function p50 / p99", [
-            f"{_ms(s.server_latency.p50)} / {_ms(s.server_latency.p99)}"
+            f"{fmt_ms(s.server_latency.p50)} / {fmt_ms(s.server_latency.p99)}"
             if s.server_latency else "-" for s in sums])
     add("throughput", [f"{s.throughput:,.1f} /s" for s in sums], "strong")
     add("elapsed", [f"{s.elapsed:.2f} s" for s in sums])

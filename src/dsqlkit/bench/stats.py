@@ -29,6 +29,7 @@ __all__ = [
     "Recorder",
     "RunStats",
     "Summary",
+    "format_ms",
     "new_histogram",
 ]
 
@@ -368,3 +369,16 @@ def log_edges(low_ms: float, high_ms: float, per_decade: int = 10) -> list[float
     if hi <= lo:
         hi = lo + 1
     return [10 ** (k / per_decade) for k in range(lo, hi + 1)]
+
+
+def format_ms(value: float) -> str:
+    """A latency in milliseconds, for people: 850 µs, 1.79 ms, 12.3 ms, 163 ms, 1.20 s."""
+    if value < 1:
+        return f"{value * 1000:.0f} µs"
+    if value >= 1000:
+        return f"{value / 1000:.2f} s"
+    if value >= 100:
+        return f"{value:,.0f} ms"
+    if value >= 10:
+        return f"{value:.1f} ms"
+    return f"{value:.2f} ms"
