@@ -466,16 +466,20 @@ class Session:
                         return
                 replacement: bytes | None = None
                 pushed: _Expect | None = None
+                special: Special | None = None
+                if (mtype == wire.PARSE or mtype == wire.QUERY) and not (
+                        mtype == wire.QUERY and self.copy_in):
+                    # A statement text: DSQL's rules decide what the backend runs.
+                    checked = (self._check_parse if mtype == wire.PARSE
+                               else self._check_query)(data, start, end)
+                    if checked is None:
+                        return  # the session ended
+                    if checked is _PENDING:
+                        self._pause(batch, i, seg, data)
+                        return
+                    replacement, special = checked
                 if mtype in _EXTENDED:
-                    special: Special | None = None
                     if mtype == wire.PARSE:
-                        checked = self._check_parse(data, start, end)
-                        if checked is None:
-                            return
-                        if checked is _PENDING:
-                            self._pause(batch, i, seg, data)
-                            return
-                        replacement, special = checked
                         special = self._remember_statement(data, start, special)
                     elif mtype == wire.BIND:
                         checked = self._check_bind(data, start, end)
@@ -496,13 +500,6 @@ class Session:
                     if self.copy_in:
                         pass  # the backend ignores Sync during COPY FROM STDIN
                     elif mtype == wire.QUERY:
-                        checked = self._check_query(data, start, end)
-                        if checked is None:
-                            return
-                        if checked is _PENDING:
-                            self._pause(batch, i, seg, data)
-                            return
-                        replacement, special = checked
                         pushed = (mtype, special)
                         self.unit_closed = True
                     else:
