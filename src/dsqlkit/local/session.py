@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Parameters DSQL knows that PostgreSQL does not: kept by the endpoint, never sent on.
-ENDPOINT_PARAMETERS = dialect.DSQL_ONLY_SETTINGS | {"dsql.enable_batched_nestloop"}
+# (dsql.enable_batched_nestloop has a dot, so PostgreSQL keeps it as a placeholder.)
+ENDPOINT_PARAMETERS = dialect.DSQL_ONLY_SETTINGS
 REPORTED_VERSION = dialect.SERVER_VERSION
 
 _EXTENDED = frozenset({wire.PARSE, wire.BIND, wire.DESCRIBE, wire.EXECUTE, wire.CLOSE})

@@ -7,7 +7,7 @@ given to :class:`FrameReader`, so a hostile length cannot make the server alloca
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 # Special request codes sent in place of a protocol version in the first packet.
 PROTOCOL_V3 = 196608
@@ -97,10 +97,6 @@ class FrameReader:
     def feed(self, data: bytes) -> None:
         self._buf += data
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
-
     def next_frame(self) -> tuple[int, bytes] | None:
         """The next complete frame as ``(type, frame)``; type is 0 for untyped packets."""
         buf = self._buf
@@ -175,14 +171,6 @@ class FrameReader:
         else:
             self._need = 0
         return data, frames
-
-    def frames(self) -> list[tuple[int, bytes]]:
-        out: list[tuple[int, bytes]] = []
-        while True:
-            f = self.next_frame()
-            if f is None:
-                return out
-            out.append(f)
 
 
 # ---------------------------------------------------------------- parsing helpers
@@ -333,16 +321,6 @@ def parse_command_tag(frame: bytes) -> str:
     return frame[5:-1].decode("ascii", "replace")
 
 
-def rows_in_tag(tag: str) -> int:
-    """Rows affected by INSERT/UPDATE/DELETE/MERGE/COPY according to a command tag."""
-    head, _, tail = tag.rpartition(" ")
-    if head and tail.isdigit() and head.split(" ", 1)[0] in (
-        "INSERT", "UPDATE", "DELETE", "MERGE", "COPY"
-    ):
-        return int(tail)
-    return 0
-
-
 def rows_in_select_tag(frame: bytes) -> int:
     """The row count of a ``SELECT n`` CommandComplete frame."""
     tag = parse_command_tag(frame)
@@ -363,11 +341,6 @@ def parse_backend_key(frame: bytes) -> tuple[int, int]:
 def parse_auth_code(frame: bytes) -> int:
     code: int = _I32.unpack_from(frame, 5)[0]
     return code
-
-
-def ready_status(frame: bytes) -> int:
-    """Transaction status of a ReadyForQuery: ``I`` idle, ``T`` in a block, ``E`` failed."""
-    return frame[5]
 
 
 # ---------------------------------------------------------------- encoding
@@ -437,25 +410,6 @@ def command_complete(tag: str) -> bytes:
     return message(COMMAND_COMPLETE, _cstr(tag))
 
 
-def row_description(columns: Sequence[tuple[str, int]]) -> bytes:
-    """A RowDescription of text-format columns given as ``(name, type oid)``."""
-    body = [struct.pack("!h", len(columns))]
-    for name, oid in columns:
-        body.append(_cstr(name) + struct.pack("!ihihih", 0, 0, oid, -1, -1, 0))
-    return message(ROW_DESCRIPTION, b"".join(body))
-
-
-def data_row(values: Sequence[str | None]) -> bytes:
-    body = [struct.pack("!h", len(values))]
-    for v in values:
-        if v is None:
-            body.append(_I32.pack(-1))
-        else:
-            raw = v.encode("utf-8")
-            body.append(_I32.pack(len(raw)) + raw)
-    return message(DATA_ROW, b"".join(body))
-
-
 def parse_message(name: str, sql: str, oids: Sequence[int]) -> bytes:
     # Type oids were read as signed int32 (parse_parse); write them back the same way.
     body = _cstr(name) + _cstr(sql) + struct.pack(f"!h{len(oids)}i", len(oids), *oids)
@@ -510,17 +464,3 @@ def parse_data_row(frame: bytes) -> list[bytes | None]:
             out.append(frame[cur.pos : cur.pos + ln])
             cur.pos += ln
     return out
-
-
-def parse_row_description(frame: bytes) -> list[str]:
-    cur = _Cursor(frame, 5)
-    n = cur.int16()
-    names = []
-    for _ in range(n):
-        names.append(cur.cstring())
-        cur.pos += 18
-    return names
-
-
-def join(frames: Iterable[bytes]) -> bytes:
-    return b"".join(frames)
