@@ -102,6 +102,21 @@ def endpoint(*args: str) -> Iterator[Endpoint]:
         yield Endpoint(info)
 
 
+def select1_roundtrip_us(dsn: str, n: int) -> float:
+    """Mean SELECT 1 round trip in µs over ``n`` queries, after 200 warm-up queries."""
+    import time
+
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(200):
+            conn.execute("SELECT 1")
+        t = time.perf_counter()
+        for _ in range(n):
+            conn.execute("SELECT 1").fetchone()
+        return (time.perf_counter() - t) / n * 1e6
+
+
 def fmt_us(seconds: float) -> str:
     us = seconds * 1e6
     if us >= 10_000:

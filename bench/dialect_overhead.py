@@ -23,19 +23,9 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _endpoint import endpoint
+from _endpoint import endpoint, select1_roundtrip_us
 
 from dsqlkit.local import LocalDSQL, dialect
-
-
-def simple_query_us(dsn: str, n: int) -> float:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for _ in range(200):
-            conn.execute("SELECT 1")
-        t = time.perf_counter()
-        for _ in range(n):
-            conn.execute("SELECT 1").fetchone()
-        return (time.perf_counter() - t) / n * 1e6
 
 
 def transaction_us(dsn: str, n: int) -> float:
@@ -88,8 +78,8 @@ def main() -> None:
         with endpoint("--passthrough", "--backend-url", rules_on.backend_url) as plain:
             q_on, q_off, t_on, t_off = [], [], [], []
             for _ in range(rounds):
-                q_on.append(simple_query_us(rules_on.dsn(), n))
-                q_off.append(simple_query_us(plain.dsn(), n))
+                q_on.append(select1_roundtrip_us(rules_on.dsn(), n))
+                q_off.append(select1_roundtrip_us(plain.dsn(), n))
                 t_on.append(transaction_us(rules_on.dsn(), n // 4))
                 t_off.append(transaction_us(plain.dsn(), n // 4))
     rate, hits, misses = hit_rate(300 if args.quick else 2000)

@@ -28,7 +28,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _endpoint import endpoint
+from _endpoint import endpoint, select1_roundtrip_us
 
 from dsqlkit.local.backend import ManagedPostgres
 from dsqlkit.local.tls import ensure_tls
@@ -65,16 +65,6 @@ def start_tls_backend(workdir: Path) -> tuple[ManagedPostgres, str, str]:
     tcp_tls_dsn = (f"host=localhost port={port} user=postgres dbname=postgres "
                    f"sslmode=verify-full sslrootcert={tls.ca_cert}")
     return pg, unix_dsn, tcp_tls_dsn
-
-
-def roundtrip_us(dsn: str, n: int) -> float:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for _ in range(200):
-            conn.execute("SELECT 1")
-        t = time.perf_counter()
-        for _ in range(n):
-            conn.execute("SELECT 1").fetchone()
-        return (time.perf_counter() - t) / n * 1e6
 
 
 def connect_ms(make_dsn, n: int) -> float:  # type: ignore[no-untyped-def]
@@ -146,9 +136,9 @@ def main() -> None:
             with endpoint("--backend-url", pg.address_url()) as ep:
                 proxy, unix, tcp = [], [], []
                 for _ in range(rounds):
-                    proxy.append(roundtrip_us(ep.dsn(), n_rt))
-                    unix.append(roundtrip_us(unix_dsn, n_rt))
-                    tcp.append(roundtrip_us(tls_dsn, n_rt))
+                    proxy.append(select1_roundtrip_us(ep.dsn(), n_rt))
+                    unix.append(select1_roundtrip_us(unix_dsn, n_rt))
+                    tcp.append(select1_roundtrip_us(tls_dsn, n_rt))
                 results["rt_endpoint_us"] = statistics.median(proxy)
                 results["rt_direct_unix_us"] = statistics.median(unix)
                 results["rt_direct_tls_us"] = statistics.median(tcp)

@@ -27,6 +27,7 @@ import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -853,11 +854,18 @@ class Session:
         return [[None if v is None else v.decode("utf-8", "replace") for v in row]
                 for row in internal.rows]
 
-    def _check_query(self, data: bytes, start: int, end: int) -> _Checked:
+    def _parsed(self, parse: Callable[[bytes], Any], data: bytes, start: int, end: int
+                ) -> Any:
+        """A message's fields, or None after ending the session for a malformed one."""
         try:
-            sql = wire.parse_query(data[start:end])
+            return parse(data[start:end])
         except wire.ProtocolViolation as exc:
             self._violation_in_pump(exc)
+            return None
+
+    def _check_query(self, data: bytes, start: int, end: int) -> _Checked:
+        sql = self._parsed(wire.parse_query, data, start, end)
+        if sql is None:
             return None
         if not self.server.config.rules:
             return None, None
@@ -873,11 +881,10 @@ class Session:
         return (wire.query(text) if text is not None else None), special
 
     def _check_parse(self, data: bytes, start: int, end: int) -> _Checked:
-        try:
-            name, sql, oids = wire.parse_parse(data[start:end])
-        except wire.ProtocolViolation as exc:
-            self._violation_in_pump(exc)
+        fields = self._parsed(wire.parse_parse, data, start, end)
+        if fields is None:
             return None
+        name, sql, oids = fields
         if not self.server.config.rules:
             return None, None
         analysis = self._analysis(sql)
@@ -900,11 +907,10 @@ class Session:
     def _check_bind(self, data: bytes, start: int, end: int) -> _Checked:
         """A Bind of a named COMMIT must not commit a transaction that has to fail."""
         frame = data[start:end]
-        try:
-            _, statement = wire.parse_bind_names(frame)
-        except wire.ProtocolViolation as exc:
-            self._violation_in_pump(exc)
+        names = self._parsed(wire.parse_bind_names, data, start, end)
+        if names is None:
             return None
+        _, statement = names
         entry = self.prepared.get(statement) if statement else None
         analysis = entry[0] if entry is not None else None
         if (analysis is None or len(analysis.statements) != 1
