@@ -165,6 +165,10 @@ def test_refresh_failure_then_recovery(dsql_local: LocalDSQL,
             # Fail from just before the refresh point until just before the token expires.
             time.sleep(max(0.0, first.refresh_at - 0.2 - time.time()))
             creds.failing = True
+            # Make sure connections open while the refresh fails (natural replacements may
+            # all fall outside that half-second window on a busy machine).
+            time.sleep(max(0.0, first.refresh_at + 0.05 - time.time()))
+            pool.resize(min_size=4, max_size=4)
             time.sleep(max(0.0, first.expires_at - 0.25 - time.time()))
             creds.failing = False
 
