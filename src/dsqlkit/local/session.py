@@ -106,7 +106,8 @@ class Special:
     turned into a ROLLBACK). ``discard``: drop the answer (a message the endpoint added).
     ``present``: the message runs a stand-in statement (a dry run, a local answer); make its
     answer look like the original's. ``present_by_result``: the same for some statements of
-    a simple Query, by their position.
+    a simple Query, by their position. ``answer``: the endpoint answers the message itself
+    with these frames and forwards nothing (see :data:`_BEGIN_TAGS`).
     """
 
     error: bytes | None = None
@@ -114,6 +115,7 @@ class Special:
     discard: bool = False
     present: Presentation | None = None
     present_by_result: dict[int, Presentation] | None = None
+    answer: bytes | None = None
 
 
 _Expect = tuple[int, "Special | None"]
@@ -262,6 +264,8 @@ class Session:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._to_client: list[bytes] = []
         self._to_backend: list[bytes] = []
+        # A BEGIN answered here, not yet sent (see _BEGIN_TAGS).
+        self._deferred_begin: bytes | None = None
         self._age_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -480,6 +484,16 @@ class Session:
                         self._pause(batch, i, seg, data)
                         return
                     replacement, special = checked
+                    if special is not None and special.answer is not None:
+                        # A BEGIN answered here; it goes to the backend with what follows.
+                        if start > seg:
+                            out.append(data[seg:start])
+                        seg = end
+                        self._deferred_begin = data[start:end]
+                        self.txn_status = _IN_BLOCK
+                        self._to_client.append(special.answer)
+                        i += 1
+                        continue
                 if mtype in _EXTENDED:
                     if mtype == wire.PARSE:
                         special = self._remember_statement(data, start, special)
@@ -624,6 +638,12 @@ class Session:
         if self._to_backend:
             assert self.backend is not None
             out = self._to_backend
+            if self._deferred_begin is not None:
+                # Nothing went to the backend since the BEGIN was answered: every pending
+                # expectation is for a message in ``out``, after the BEGIN.
+                out.insert(0, self._deferred_begin)
+                self.expect.appendleft((wire.QUERY, _DISCARD))
+                self._deferred_begin = None
             self.backend.link.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
         if self._to_client:
@@ -650,7 +670,7 @@ class Session:
             self.txn_catalog = server.catalog_version
         if self.doomed and in_block:
             self._to_backend.append(_SAVEPOINT_UNIT)
-            self.expect.append((wire.QUERY, Special(discard=True)))
+            self.expect.append((wire.QUERY, _DISCARD))
         if in_block and server.faults.roll("disconnect"):
             log.info("fault injection: dropping a connection in the middle of a transaction")
             self.client.abort()
@@ -878,6 +898,13 @@ class Session:
         if policy is _PENDING:
             return _PENDING
         text, special = policy
+        if (text is None and special is None and self.txn_status == _IDLE and not self.expect
+                and self.unit_closed and not self.backend_skipping
+                and len(analysis.statements) == 1
+                and analysis.statements[0].tcl_action == "begin"):
+            tag = _BEGIN_TAGS.get(" ".join(sql.rstrip().rstrip(";").upper().split()))
+            if tag is not None:
+                return None, _BEGIN_ANSWERS[tag]
         return (wire.query(text) if text is not None else None), special
 
     def _check_parse(self, data: bytes, start: int, end: int) -> _Checked:
@@ -927,7 +954,7 @@ class Session:
         if self._rollback_prepared:
             return rebound, None
         self._rollback_prepared = True
-        self.expect.append((wire.PARSE, Special(discard=True)))
+        self.expect.append((wire.PARSE, _DISCARD))
         return wire.parse_message(_ROLLBACK_STATEMENT, "ROLLBACK", []) + rebound, None
 
     def _violation_in_pump(self, exc: wire.ProtocolViolation) -> None:
@@ -1235,7 +1262,7 @@ class Session:
                 # Parse succeeds again (closing a missing statement is not an error).
                 name = frame[5 : frame.index(b"\0", 5)]
                 parts.append(wire.message(wire.CLOSE, b"S" + name + b"\0"))
-                self.expect.append((wire.CLOSE, Special(discard=True)))
+                self.expect.append((wire.CLOSE, _DISCARD))
             parts.append(frame)
         self.expect.extend(expects)
         self.backend.link.write(b"".join(parts))
@@ -1283,7 +1310,7 @@ class Session:
                         dry_name = f"dsqlkit_dry_{statement}"
                         msgs.append((wire.PARSE,
                                      wire.parse_message(dry_name, converted.sql, prepared[1])))
-                        expects.append((wire.PARSE, Special(discard=True)))
+                        expects.append((wire.PARSE, _DISCARD))
                         frame = wire.rebind(frame, dry_name)
             elif mtype == wire.DESCRIBE:
                 kind, name = wire.parse_describe_or_close(frame)
@@ -1401,6 +1428,17 @@ class _Internal:
 
 
 _ANY_STATEMENT = dialect.analyze("SELECT 1").statements[0]
+_DISCARD = Special(discard=True)
+# A plain BEGIN that arrives when the session is idle cannot fail, and PostgreSQL takes no
+# snapshot until the first statement after it. The endpoint answers it itself and sends it
+# in front of the next message, which saves every transaction one backend round trip.
+# (Only option-free spellings: the answer must be exactly PostgreSQL's.)
+_BEGIN_TAGS = {"BEGIN": "BEGIN", "BEGIN TRANSACTION": "BEGIN", "BEGIN WORK": "BEGIN",
+               "START TRANSACTION": "START TRANSACTION"}
+_BEGIN_ANSWERS = {
+    tag: Special(answer=wire.command_complete(tag) + wire.ready_for_query(_IN_BLOCK))
+    for tag in set(_BEGIN_TAGS.values())
+}
 _READ_KINDS = frozenset({"select", "show", "set", "empty"})
 
 
