@@ -26,6 +26,10 @@ def table(dsql_local: LocalDSQL) -> Iterator[str]:
         conn.execute(f"DROP TABLE IF EXISTS {name}")
 
 
+def status(conn: psycopg.Connection[tuple[object, ...]]) -> pq.TransactionStatus:
+    return conn.info.transaction_status
+
+
 def backend_state(ep: LocalDSQL, pid: int) -> str:
     with psycopg.connect(ep.backend_dsn, autocommit=True) as conn:
         row = conn.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
@@ -40,12 +44,12 @@ def test_backend_enters_the_transaction_with_the_first_statement(dsql_local: Loc
         pid = int(row[0])
         cur = conn.execute("BEGIN")
         assert cur.statusmessage == "BEGIN"
-        assert conn.info.transaction_status == pq.TransactionStatus.INTRANS
+        assert status(conn) == pq.TransactionStatus.INTRANS
         assert backend_state(dsql_local, pid) == "idle"
         conn.execute("SELECT 1")
         assert backend_state(dsql_local, pid) == "idle in transaction"
         assert conn.execute("COMMIT").statusmessage == "COMMIT"
-        assert conn.info.transaction_status == pq.TransactionStatus.IDLE
+        assert status(conn) == pq.TransactionStatus.IDLE
         assert backend_state(dsql_local, pid) == "idle"
 
 
@@ -56,7 +60,7 @@ def test_backend_enters_the_transaction_with_the_first_statement(dsql_local: Loc
 def test_answer_is_postgresql_s(dsql_local: LocalDSQL, text: str, tag: str) -> None:
     with psycopg.connect(dsql_local.dsn(), autocommit=True) as conn:
         assert conn.execute(text).statusmessage == tag
-        assert conn.info.transaction_status == pq.TransactionStatus.INTRANS
+        assert status(conn) == pq.TransactionStatus.INTRANS
         assert conn.execute("ROLLBACK").statusmessage == "ROLLBACK"
 
 
@@ -99,12 +103,12 @@ def test_refused_and_failing_first_statements(dsql_local: LocalDSQL) -> None:
         conn.execute("BEGIN")
         with pytest.raises(psycopg.errors.FeatureNotSupported):
             conn.execute("SAVEPOINT s")  # refused by the endpoint, before the backend
-        assert conn.info.transaction_status == pq.TransactionStatus.INERROR
+        assert status(conn) == pq.TransactionStatus.INERROR
         assert conn.execute("ROLLBACK").statusmessage == "ROLLBACK"
         conn.execute("BEGIN")
         with pytest.raises(psycopg.errors.UndefinedTable):
             conn.execute("SELECT * FROM no_such_table_here")
-        assert conn.info.transaction_status == pq.TransactionStatus.INERROR
+        assert status(conn) == pq.TransactionStatus.INERROR
         with pytest.raises(psycopg.errors.InFailedSqlTransaction):
             conn.execute("SELECT 1")
         conn.execute("ROLLBACK")
