@@ -57,6 +57,28 @@ def test_loser_gets_normal_answers_then_fails_at_commit(dsql_local: LocalDSQL, t
             (1,), (0,)]
 
 
+def test_a_prepared_commit_of_a_loser_fails_too(dsql_local: LocalDSQL, table: str) -> None:
+    # A COMMIT prepared by name (extended protocol) fails at its Bind, twice in a row: the
+    # second time reuses the endpoint's own prepared ROLLBACK.
+    with conn(dsql_local) as a, conn(dsql_local) as b:
+        for round_ in range(2):
+            a.execute("BEGIN")
+            b.execute("BEGIN")
+            upd = f"UPDATE {table} SET v = v + %s WHERE id = 1"
+            a.execute(upd, [1])
+            b.execute(upd, [10])
+            a.execute("COMMIT", prepare=True)
+            with pytest.raises(psycopg.errors.SerializationFailure, match=r"\(OC000\)"):
+                b.execute("COMMIT", prepare=True)
+            assert b.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert b.execute(f"SELECT v FROM {table} WHERE id = 1").fetchone() == (round_ + 1,)
+        # A prepared COMMIT with nothing against it commits.
+        b.execute("BEGIN")
+        b.execute(f"UPDATE {table} SET v = 100 WHERE id = 2")
+        b.execute("COMMIT", prepare=True)
+        assert a.execute(f"SELECT v FROM {table} WHERE id = 2").fetchone() == (100,)
+
+
 def test_loser_reads_its_own_writes_after_losing(dsql_local: LocalDSQL, table: str) -> None:
     with conn(dsql_local) as a, conn(dsql_local) as b:
         b.execute("BEGIN")

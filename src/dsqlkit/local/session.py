@@ -218,6 +218,8 @@ class Session:
             row_limit=None, age_limit=server.config.transaction_age_limit)
         # Named prepared statements, for a Bind that runs one again.
         self.prepared: dict[str, tuple[dialect.Analysis, list[int]]] = {}
+        # The names among them that hold a COMMIT.
+        self._prepared_commits: set[str] = set()
         # -- relay state
         # Client messages not yet forwarded: [data, frames, index of the next frame].
         self.held: deque[list[Any]] = deque()
@@ -919,6 +921,11 @@ class Session:
             return _PENDING
         if name:
             self.prepared[name] = (analysis, oids)
+            if (len(analysis.statements) == 1
+                    and analysis.statements[0].tcl_action == "commit"):
+                self._prepared_commits.add(name)
+            else:
+                self._prepared_commits.discard(name)
         if len(analysis.statements) > 1:
             return None, None  # PostgreSQL refuses several commands in one Parse itself
         if name and analysis.statements and analysis.statements[0].tcl_action == "commit":
@@ -933,18 +940,16 @@ class Session:
 
     def _check_bind(self, data: bytes, start: int, end: int) -> _Checked:
         """A Bind of a named COMMIT must not commit a transaction that has to fail."""
+        if self.txn_status != _IN_BLOCK or not self._prepared_commits:
+            return None, None  # (PostgreSQL itself answers a malformed Bind with 08P01)
         frame = data[start:end]
         names = self._parsed(wire.parse_bind_names, data, start, end)
         if names is None:
             return None
         _, statement = names
-        entry = self.prepared.get(statement) if statement else None
-        analysis = entry[0] if entry is not None else None
-        if (analysis is None or len(analysis.statements) != 1
-                or analysis.statements[0].tcl_action != "commit"
-                or self.txn_status != _IN_BLOCK):
+        if statement not in self._prepared_commits:
             return None, None
-        self.rules.completed(analysis.statements[0])
+        self.rules.completed(self.prepared[statement][0].statements[0])
         failure = self._commit_failure()
         if failure is None:
             return None, None
@@ -1008,6 +1013,11 @@ class Session:
             return
         expect = self.expect
         out = self.unit_out if self.recording else self._to_client
+        if self._passes_unchanged(frames):
+            # The client gets this answer now; the bookkeeping below runs while it reads.
+            end_all = frames[-1][2]
+            self.client.write(data if end_all == len(data) else data[:end_all])
+            out = []
         seg = 0
         close_after = False
         for mtype, start, end in frames:
@@ -1096,6 +1106,31 @@ class Session:
             self._unit_done()
         else:
             self._flush()
+
+    def _passes_unchanged(self, frames: list[tuple[int, int, int]]) -> bool:
+        """Whether :meth:`_on_backend_frames` would forward these frames exactly as they are.
+
+        True when nothing queued for the client goes first, no conflict is being absorbed,
+        no expected answer is the endpoint's to change, and no frame is an error or notice
+        (errors and notices are the frames the endpoint rewrites or learns from). A unit
+        being recorded holds its answer back, in case a conflict makes it run again; this
+        answer can only go now if it is the whole of it, ending with the unit's
+        ReadyForQuery with no error on the way.
+        """
+        if self._to_client or self.conflict is not None:
+            return False
+        if self.recording and (self.unit_out or self.unit_flushed
+                               or frames[-1][0] != wire.READY_FOR_QUERY
+                               or sum(e[0] in _ENDS_AT_READY for e in self.expect) != 1):
+            return False
+        for expected in self.expect:
+            if expected[1] is not None:
+                return False
+        for frame in frames:
+            mtype = frame[0]
+            if mtype == wire.ERROR_RESPONSE or mtype == wire.NOTICE_RESPONSE:
+                return False
+        return True
 
     def _backend_error(
         self, frame: bytes, special: Special | None, close_after: bool
