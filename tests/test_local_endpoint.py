@@ -305,6 +305,35 @@ def test_errors_and_transactions_pass_through(dsql_local: LocalDSQL) -> None:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_sessions_waiting_on_the_backend_are_counted(raw_client: type,
+                                                    dsql_local: LocalDSQL) -> None:
+    # The count decides how answers are forwarded (see Session._on_backend_frames); it
+    # must come back to zero however sessions end.
+    server = dsql_local.server
+
+    def settles_at(n: int) -> bool:
+        deadline = time.monotonic() + 5
+        while server.sessions_waiting != n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return bool(server.sessions_waiting == n)
+
+    assert settles_at(0)
+    slow = raw_client()
+    slow.login(dsql_local)
+    slow.send(wire.query("SELECT pg_sleep(2)"))
+    assert settles_at(1)
+    with psycopg.connect(dsql_local.dsn(), autocommit=True) as conn:
+        for _ in range(20):
+            conn.execute("SELECT 1")
+        with conn.transaction():
+            conn.execute("SELECT 1")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1/0")
+    assert server.sessions_waiting == 1
+    slow.close()  # the client goes away while the backend still works for it
+    assert settles_at(0)
+
+
 # ---------------------------------------------------------------- lifecycle
 
 

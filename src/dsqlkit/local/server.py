@@ -104,6 +104,8 @@ class Server:
         self.jobs = JobRunner(backend_address, lambda: None)
         # Bumped by every committed DDL; sessions compare it with the version they saw.
         self.catalog_version = 0
+        # Sessions that sent the backend work and wait for its answer (a measure of load).
+        self.sessions_waiting = 0
         self.stats = {"accepted": 0, "refused_rate": 0, "refused_max": 0, "plaintext": 0,
                       "auth_failed": 0, "sessions": 0}
 
