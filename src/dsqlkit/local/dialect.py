@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal, NamedTuple
 
 from pglast import ast, parser
@@ -778,18 +778,16 @@ def _describe(piece: _Piece, node: ast.Node) -> Statement:
             rewritten = _apply_rewrites(node, rewrites)
     if facts.job is not None:
         rewritten = facts.job.sql
-    return Statement(
-        text=piece.text, start=piece.start, end=piece.end, kind=facts.kind,
-        node=type(node).__name__, refusal=facts.refusal, rule=facts.rule,
-        rewritten=rewritten, writes_rows=facts.writes_rows, values_rows=facts.values_rows,
-        locking=facts.locking, tcl_action=facts.tcl_action, isolation=facts.isolation,
-        read_only=facts.read_only, set_param=facts.set_param, set_value=facts.set_value,
-        is_local=facts.is_local, show_param=facts.show_param, local_answer=facts.local_answer,
-        job=facts.job, wait_for_job=facts.wait_for_job, waiver=facts.waiver,
-        refusal_if_waived=facts.refusal_if_waived, waiver_rule=facts.waiver_rule,
-        drop_columns=tuple(facts.drop_columns), adopt_indexes=tuple(facts.adopt_indexes),
-        index_columns=facts.index_columns, prepared_name=facts.prepared_name,
-        execute_name=facts.execute_name, copy_from_stdin=facts.copy_from_stdin)
+    found = {name: getattr(facts, name) for name in _STATEMENT_FACTS}
+    found["drop_columns"] = tuple(facts.drop_columns)
+    found["adopt_indexes"] = tuple(facts.adopt_indexes)
+    return Statement(text=piece.text, start=piece.start, end=piece.end,
+                     node=type(node).__name__, rewritten=rewritten, **found)
+
+
+# What a Statement takes over from the _Facts gathered for it: every field both declare.
+_STATEMENT_FACTS = tuple(f.name for f in fields(_Facts)
+                         if f.name in {g.name for g in fields(Statement)})
 
 
 # Statements DSQL refuses by node type, answering "unsupported statement: <node tag>" (the

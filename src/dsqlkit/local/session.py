@@ -924,16 +924,17 @@ class Session:
         analysis = self._analysis(sql)
         if analysis is None:
             return _PENDING
+        commit = (len(analysis.statements) == 1
+                  and analysis.statements[0].tcl_action == "commit")
         if name:
             self.prepared[name] = (analysis, oids)
-            if (len(analysis.statements) == 1
-                    and analysis.statements[0].tcl_action == "commit"):
+            if commit:
                 self._prepared_commits.add(name)
             else:
                 self._prepared_commits.discard(name)
         if len(analysis.statements) > 1:
             return None, None  # PostgreSQL refuses several commands in one Parse itself
-        if name and analysis.statements and analysis.statements[0].tcl_action == "commit":
+        if name and commit:
             return None, None  # its executions are checked at Bind
         policy = self._statement_policy(analysis, extended=True)
         if policy is _PENDING:
@@ -1018,7 +1019,8 @@ class Session:
             return
         expect = self.expect
         out = self.unit_out if self.recording else self._to_client
-        if self.server.sessions_waiting <= 1 and self._passes_unchanged(frames):
+        forwarded = self.server.sessions_waiting <= 1 and self._passes_unchanged(frames)
+        if forwarded:
             # The client gets this answer now; the bookkeeping below runs while it reads.
             # (Only while no other session waits for the backend: under load, finishing
             # first and then waking the client costs less CPU in all.)
@@ -1086,6 +1088,9 @@ class Session:
                     self.copy_in = True
             elif mtype == wire.COPY_IN_RESPONSE:
                 self.copy_in = True
+        if forwarded and seg:
+            # The loop replaced a frame that _passes_unchanged let through: the two disagree.
+            raise RuntimeError("a backend answer was forwarded before it was changed")
         end_all = frames[-1][2]
         if end_all > seg:
             out.append(data if seg == 0 and end_all == len(data) else data[seg:end_all])
@@ -1122,12 +1127,11 @@ class Session:
     def _passes_unchanged(self, frames: list[tuple[int, int, int]]) -> bool:
         """Whether :meth:`_on_backend_frames` would forward these frames exactly as they are.
 
-        True when nothing queued for the client goes first, no conflict is being absorbed,
-        no expected answer is the endpoint's to change, and no frame is an error or notice
-        (errors and notices are the frames the endpoint rewrites or learns from). A unit
-        being recorded holds its answer back, in case a conflict makes it run again; this
-        answer can only go now if it is the whole of it, ending with the unit's
-        ReadyForQuery with no error on the way.
+        It mirrors the reasons that loop replaces a frame: an error, a special answer, a
+        conflict being absorbed (the loop checks that it agrees). Nothing queued for the
+        client may go first. A unit being recorded holds its answer back, in case a conflict
+        makes it run again; this answer can only go now if it is the whole of it, ending
+        with the unit's ReadyForQuery with no error on the way.
         """
         if self._to_client or self.conflict is not None:
             return False
@@ -1138,11 +1142,7 @@ class Session:
         for expected in self.expect:
             if expected[1] is not None:
                 return False
-        for frame in frames:
-            mtype = frame[0]
-            if mtype == wire.ERROR_RESPONSE or mtype == wire.NOTICE_RESPONSE:
-                return False
-        return True
+        return all(frame[0] != wire.ERROR_RESPONSE for frame in frames)
 
     def _backend_error(
         self, frame: bytes, special: Special | None, close_after: bool
