@@ -167,49 +167,104 @@ def test_connection_mints_inline_when_background_refresh_keeps_failing(
     verify(provider.token(), at=clock.now)
 
 
+class GatedSource(FlakySource):
+    """Credentials whose loads wait for ``gate`` (a slow STS call that ends when the test
+    says so) and announce that they started (``entered``)."""
+
+    def __init__(self, *, blocking: bool = True) -> None:
+        super().__init__(blocking=blocking)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def load(self) -> LoadedCredentials:
+        self.entered.set()
+        assert self.gate.wait(30), "the test never released a credentials load"
+        return super().load()
+
+
+class Refreshes:
+    """An ``on_refresh`` hook: counts background refresh attempts and lets a test wait for
+    the next one, from a thread or from a coroutine (whichever thread the refresh ran in)."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[BaseException | None] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, error: BaseException | None) -> None:
+        with self.cond:
+            self.outcomes.append(error)
+            self.cond.notify_all()
+
+    def wait(self, count: int, timeout: float = 10.0) -> list[BaseException | None]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.outcomes) >= count, timeout), (
+                f"{len(self.outcomes)} background refreshes, expected {count}")
+            return list(self.outcomes)
+
+    async def await_(self, count: int, timeout: float = 10.0) -> list[BaseException | None]:
+        # A worker thread waits, so the refresh task keeps running on the event loop.
+        return await asyncio.to_thread(self.wait, count, timeout)
+
+
 def test_a_connection_never_waits_for_a_slow_background_refresh() -> None:
-    source = FlakySource(blocking=True, delay=0.0)
-    provider = TokenProvider(HOST, "us-east-1", credentials=source, expires_in=5)
+    clock = Clock(time.time())
+    source = GatedSource()
+    refreshes = Refreshes()
+    provider = TokenProvider(HOST, "us-east-1", credentials=source, expires_in=900,
+                             clock=clock, on_refresh=refreshes)
     provider.start()
     try:
-        source.delay = 1.0  # every later credentials load takes a second
-        deadline = time.time() + 6
-        worst = 0.0
-        while time.time() < deadline:
-            t0 = time.perf_counter()
-            token = provider.token()
-            worst = max(worst, time.perf_counter() - t0)
-            verify(token)
-            time.sleep(0.05)
-        # The refresher was slow (>= 1 s per mint) at 4 s and again later; callers were
-        # served the cached token meanwhile.
-        assert source.loads >= 2
-        assert worst < 0.5
+        first = provider.token()
+        source.gate.clear()
+        source.entered.clear()
+        clock.now += 720  # the refresh point
+        provider.wake()
+        assert source.entered.wait(10)  # the refresher is stuck in a slow credentials load
+        served: list[str] = []
+        caller = threading.Thread(target=lambda: served.extend(provider.token()
+                                                               for _ in range(50)))
+        caller.start()
+        caller.join(10)
+        blocked = caller.is_alive()
+        source.gate.set()
+        caller.join()
+        assert not blocked, "a connection attempt waited for the background refresh"
+        assert served == [first] * 50
+        verify(first, at=clock.now)
+        refreshes.wait(1)
+        assert provider.token() != first and provider.mints == 2
     finally:
+        source.gate.set()
         provider.stop()
 
 
-def test_background_thread_refreshes_and_stops() -> None:
-    provider = TokenProvider(HOST, "us-east-1", credentials=CREDS, expires_in=2)
+def test_background_thread_refreshes_on_schedule_and_stops() -> None:
+    clock = Clock(time.time())
+    refreshes = Refreshes()
+    provider = TokenProvider(HOST, "us-east-1", credentials=CREDS, expires_in=900, clock=clock,
+                             on_refresh=refreshes)
     provider.start()
     assert provider.refreshing
     thread = provider._thread
     assert thread is not None and thread.daemon
     try:
-        seen = set()
-        deadline = time.time() + 4.5
-        while time.time() < deadline:
+        seen = [provider.token()]
+        for n in range(1, 4):
+            issued = provider.current.issued_at  # type: ignore[union-attr]
+            clock.now = issued + 719  # just before the 80 % point: nothing to do
+            provider.wake()
+            clock.now = issued + 720
+            provider.wake()
+            assert refreshes.wait(n) == [None] * n
             token = provider.token()
-            verify(token)
-            seen.add(token)
-            time.sleep(0.02)
-        assert len(seen) >= 3  # a 2 s token is re-minted every 1.6 s
+            assert token != seen[-1] and provider.mints == n + 1
+            assert provider.current.issued_at == issued + 720  # type: ignore[union-attr]
+            verify(token, at=clock.now)
+            seen.append(token)
     finally:
         provider.stop()
     assert not provider.refreshing and not thread.is_alive()
-    mints = provider.mints
-    time.sleep(2)
-    assert provider.mints == mints
 
 
 def test_background_thread_ends_with_its_provider() -> None:
@@ -224,37 +279,73 @@ def test_background_thread_ends_with_its_provider() -> None:
 
 
 async def test_async_refresh_task() -> None:
+    clock = Clock(time.time())
     source = FlakySource(blocking=True)
-    provider = TokenProvider(HOST, "us-east-1", credentials=source, expires_in=2)
+    refreshes = Refreshes()
+    provider = TokenProvider(HOST, "us-east-1", credentials=source, expires_in=900,
+                             clock=clock, on_refresh=refreshes)
     await provider.start_async()
     task = provider._task
     assert task is not None and provider.refreshing
     await provider.start_async()  # idempotent
     assert provider._task is task
-    seen = set()
-    for _ in range(45):
+    seen = {await provider.atoken()}
+    for n in range(1, 4):
+        clock.now += 720
+        provider.wake()
+        assert await refreshes.await_(n) == [None] * n
         seen.add(await provider.atoken())
-        await asyncio.sleep(0.1)
-    assert len(seen) >= 3
+    assert len(seen) == 4
     await provider.stop_async()
     assert task.done() and not provider.refreshing
     # The blocking source ran in worker threads, never on the event loop's thread.
-    assert source.loads >= 3
+    assert source.loads == 4
 
 
 async def test_async_refresh_retries_after_failure(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock(time.time())
     source = FlakySource()
-    provider = TokenProvider(HOST, "us-east-1", credentials=source, expires_in=2)
+    refreshes = Refreshes()
+    provider = TokenProvider(HOST, "us-east-1", credentials=source, expires_in=900,
+                             clock=clock, on_refresh=refreshes)
     await provider.start_async()
+    first = provider.token()
     source.failing = True
     with caplog.at_level(logging.WARNING, logger="dsqlkit.auth.tokens"):
-        await asyncio.sleep(2.0)
+        clock.now += 720
+        provider.wake()
+        outcomes = await refreshes.await_(1)
+        assert isinstance(outcomes[0], CredentialsError)
         assert "refreshing the DSQL token" in caplog.text
+        assert provider.token() is first  # still valid, still served
         source.failing = False
-        await asyncio.sleep(0.6)
+        clock.now += 1  # the first retry is due after 1 s
+        provider.wake()
+        assert (await refreshes.await_(2))[1] is None
     await provider.stop_async()
-    verify(provider.token())
-    assert provider._failures == 0
+    verify(provider.token(), at=clock.now)
+    assert provider.token() != first and provider._failures == 0
+
+
+def test_stop_ends_both_a_thread_and_a_task() -> None:
+    # start() and then start_async() on one provider: stop() must end both refreshers
+    # (they once shared one stop event, and stop() waited 5 s for a thread that never ended).
+    provider = TokenProvider(HOST, "us-east-1", credentials=CREDS, expires_in=900)
+    provider.start()
+    thread = provider._thread
+    assert thread is not None
+
+    async def both() -> asyncio.Task[None]:
+        await provider.start_async()
+        task = provider._task
+        assert task is not None and thread.is_alive()
+        await provider.stop_async()
+        return task
+
+    task = asyncio.run(both())
+    assert task.done()
+    assert not thread.is_alive(), "stop() left the refresh thread running"
+    assert not provider.refreshing
 
 
 async def test_atoken_offloads_blocking_mints() -> None:

@@ -17,7 +17,9 @@ runs, it is served the cached token until ``usable_until``; after that it mints 
 (serialised, so concurrent attempts share the result).
 
 The decisions are pure functions of the clock (:class:`RefreshPolicy`); the thread and the
-task are thin loops over :meth:`TokenProvider._background_step`.
+task are thin loops over :meth:`TokenProvider._background_step`. Both wait on the clock only
+through a wake-up signal with a timeout, so :meth:`TokenProvider.wake` makes them look at an
+injected clock again at once (tests move time forward instead of waiting for it).
 """
 
 from __future__ import annotations
@@ -164,6 +166,7 @@ class TokenProvider:
         profile: str | None = None,
         policy: RefreshPolicy | None = None,
         clock: Callable[[], float] = time.time,
+        on_refresh: Callable[[BaseException | None], None] | None = None,
     ) -> None:
         if not 1 <= expires_in <= MAX_EXPIRES_IN:
             raise ConfigError(
@@ -183,9 +186,14 @@ class TokenProvider:
         self._failures = 0
         self._retry_at: float | None = None
         self._background = False
-        self._stop: threading.Event | None = None
+        # One signal per refresher: a provider may run a thread and a task at once (a sync
+        # and an async pool sharing it), and stop() must end both.
+        self._thread_signal: _Signal | None = None
+        self._task_signal: _Signal | None = None
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
+        # Called after every background refresh attempt with its error (None: success).
+        self.on_refresh = on_refresh
         self.mints = 0
 
     @classmethod
@@ -346,9 +354,11 @@ class TokenProvider:
 
     def _refresh_guarded(self) -> None:
         """One background refresh; a failure is logged and scheduled for a retry."""
+        error: BaseException | None = None
         try:
             self.refresh()
         except Exception as exc:
+            error = exc
             self._failures += 1
             m = self._minted
             now = self._clock()
@@ -363,6 +373,8 @@ class TokenProvider:
                 "refreshing the DSQL token for %s@%s failed (attempt %d): %s; retrying in "
                 "%.2f s, %s", self.user, self.hostname, self._failures, exc, delay, until,
             )
+        if self.on_refresh is not None:
+            self.on_refresh(error)
 
     def _background_step(self) -> float:
         """Refresh if due; return the seconds until the next step."""
@@ -384,10 +396,10 @@ class TokenProvider:
             return
         if self._minted is None:
             self.refresh()
-        stop = self._stop = threading.Event()
+        signal = self._thread_signal = _Signal(threading.Event())
         thread = threading.Thread(
             target=_thread_loop,
-            args=(weakref.ref(self), stop),
+            args=(weakref.ref(self), signal),
             name=f"dsqlkit-token-refresh-{self.hostname}",
             daemon=True,
         )
@@ -398,7 +410,6 @@ class TokenProvider:
     async def start_async(self) -> None:
         """Start the background refresh task in the running loop (idempotent)."""
         import asyncio
-        import threading
         import weakref
 
         loop = asyncio.get_running_loop()
@@ -413,15 +424,24 @@ class TokenProvider:
             task = self._task
             if task is not None and not task.done() and task.get_loop() is loop:
                 return  # started by a concurrent caller while we minted
-        stop = self._stop = threading.Event()
-        self._task = loop.create_task(_task_loop(weakref.ref(self), stop))
+        signal = self._task_signal = _Signal(asyncio.Event(), loop)
+        self._task = loop.create_task(_task_loop(weakref.ref(self), signal))
         self._background = True
 
+    def wake(self) -> None:
+        """Make the background refreshers look at the clock now rather than when their
+        current wait ends (after an injected clock moved, or credentials changed)."""
+        for signal in (self._thread_signal, self._task_signal):
+            if signal is not None:
+                signal.wake()
+
     def stop(self) -> None:
-        """Stop background refresh (thread or task). The cached token stays usable."""
+        """Stop background refresh (thread and task). The cached token stays usable."""
         self._background = False
-        if self._stop is not None:
-            self._stop.set()
+        for signal in (self._thread_signal, self._task_signal):
+            if signal is not None:
+                signal.stop()
+        self._thread_signal = self._task_signal = None
         thread, self._thread = self._thread, None
         if thread is not None:
             import threading
@@ -452,21 +472,56 @@ _SHARED: dict[DsqlConfig, TokenProvider] = {}
 _SHARED_MAX = 64
 
 
-def _thread_loop(ref: weakref.ref[TokenProvider], stop: threading.Event) -> None:
-    # Holds the provider only while working: a forgotten pool's provider can be collected.
-    while not stop.is_set():
+class _Signal:
+    """Stop and wake-up for one refresher: a ``threading.Event`` for the thread, an
+    ``asyncio.Event`` (set through its loop, from any thread) for the task."""
+
+    __slots__ = ("event", "loop", "stopped")
+
+    def __init__(self, event: threading.Event | asyncio.Event,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.event = event
+        self.loop = loop
+        self.stopped = False
+
+    def wake(self) -> None:
+        if self.loop is None:
+            self.event.set()
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.event.set)
+        except RuntimeError:  # the loop is closed: its task is gone with it
+            pass
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.wake()
+
+
+def _thread_loop(ref: weakref.ref[TokenProvider], signal: _Signal) -> None:
+    import threading
+
+    event = signal.event
+    assert isinstance(event, threading.Event)
+    while not signal.stopped:
+        # Cleared before the step: a wake() during the step makes the wait return at once.
+        event.clear()
+        # Holds the provider only while working: a forgotten pool's provider can be collected.
         provider = ref()
         if provider is None:
             return
         delay = provider._background_step()
         del provider
-        stop.wait(delay)
+        event.wait(delay)
 
 
-async def _task_loop(ref: weakref.ref[TokenProvider], stop: threading.Event) -> None:
+async def _task_loop(ref: weakref.ref[TokenProvider], signal: _Signal) -> None:
     import asyncio
 
-    while not stop.is_set():
+    event = signal.event
+    assert isinstance(event, asyncio.Event)
+    while not signal.stopped:
+        event.clear()
         provider = ref()
         if provider is None:
             return
@@ -477,7 +532,10 @@ async def _task_loop(ref: weakref.ref[TokenProvider], stop: threading.Event) -> 
                 provider._refresh_guarded()
         delay = max(0.0, provider._due_at() - provider._clock())
         del provider
-        await asyncio.sleep(delay)
+        try:
+            await asyncio.wait_for(event.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
 
 
 def generate_token(conninfo: str | DsqlConfig = "", /, **params: Any) -> str:
