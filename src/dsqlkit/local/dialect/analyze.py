@@ -451,15 +451,18 @@ def _describe(piece: _Piece, node: ast.Node) -> Statement:
         if generic is not None:
             facts.refuse(generic[0], _f(f"unsupported statement: {generic[1]}"))
     rewritten: str | None = None
-    if facts.refusal is None:
-        rewrites = _scan_tree(node, facts)
-        if rewrites:
-            rewritten = _apply_rewrites(node, rewrites)
+    # The tree is walked for refused statements too: their other refusals are worth reporting
+    # (dsqlkit check), and only statements DSQL accepts are rewritten.
+    rewrites = _scan_tree(node, facts)
+    if rewrites:
+        rewritten = _apply_rewrites(node, rewrites)
     if facts.job is not None:
         rewritten = facts.job.sql
     found = {name: getattr(facts, name) for name in _STATEMENT_FACTS}
     found["drop_columns"] = tuple(facts.drop_columns)
     found["adopt_indexes"] = tuple(facts.adopt_indexes)
+    found["refusals"] = tuple(facts.refusals)
+    found["user_types"] = tuple(dict.fromkeys(facts.user_types))
     return Statement(text=piece.text, start=piece.start, end=piece.end,
                      node=type(node).__name__, rewritten=rewritten, **found)
 

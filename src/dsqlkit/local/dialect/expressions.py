@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from pglast import ast
 from pglast.enums import LockClauseStrength
 
+from dsqlkit.local.dialect.builtin_types import PG_CATALOG_TYPES, SYSTEM_SCHEMAS
 from dsqlkit.local.dialect.ddl import _builtin_type
 from dsqlkit.local.dialect.facts import _const_value, _Facts, _string_names
 from dsqlkit.local.dialect.model import (
@@ -95,6 +96,8 @@ def _scan_tree(root: ast.Node, f: _Facts) -> list[_Rewrite]:
             _check_cast(node, f)
         elif cls is ast.LockingClause:
             strengths.add(node.strength)
+        elif cls is ast.TypeName:
+            _note_user_type(node, f)
         elif cls is ast.RangeTableSample:
             f.refuse("tablesample", _f("TABLESAMPLE clause not supported"))
         elif cls is ast.CommonTableExpr:
@@ -123,9 +126,32 @@ def _scan_tree(root: ast.Node, f: _Facts) -> list[_Rewrite]:
     return rewrites if f.refusal is None else []
 
 
+def _note_user_type(node: ast.TypeName, f: _Facts) -> None:
+    names = _string_names(node.names)
+    if node.pct_type or not names or names[-1] in _SERIAL_NAMES:
+        return
+    if len(names) == 1 and names[0] in PG_CATALOG_TYPES:
+        return
+    if len(names) > 1 and names[-2] in SYSTEM_SCHEMAS:
+        return
+    f.user_types.append(names)
+
+
+# Not types at all: the serial rule answers for them.
+_SERIAL_NAMES = frozenset({"serial", "bigserial", "smallserial", "serial2", "serial4", "serial8"})
+# Recorded: calling DSQL's procedure as a function. PostgreSQL names the argument types it
+# resolved; a literal or a job_id subquery resolves to text.
+_WAIT_FOR_JOB = ("sys", "wait_for_job")
+
+
 def _check_function(node: ast.FuncCall, parent: Any, attr: str, path: tuple[int, ...],
                     f: _Facts, rewrites: list[_Rewrite]) -> None:
-    name = _function_name(_string_names(node.funcname))
+    qualified = _string_names(node.funcname)
+    if (qualified == _WAIT_FOR_JOB and len(node.args or ()) == 1
+            and not isinstance(parent, ast.CallStmt)):
+        f.refuse("wait-for-job-call", Refusal("42809", "sys.wait_for_job(text) is a procedure"))
+        return
+    name = _function_name(qualified)
     if name is None:
         return
     args = node.args or ()

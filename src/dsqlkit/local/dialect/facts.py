@@ -82,11 +82,22 @@ class _Facts:
     copy_from_stdin: bool = False
     dml_cte: bool = False
     explain_analyze: bool = False
+    refusals: list[tuple[str, Refusal]] = field(default_factory=list)
+    user_types: list[tuple[str, ...]] = field(default_factory=list)
 
     def refuse(self, rule: str, refusal: Refusal) -> None:
+        """Record a refusal. The first one is what DSQL answers; the others are what a user would
+        meet next after fixing it, which ``dsqlkit check`` reports too."""
         if self.refusal is None:
             self.refusal = refusal
             self.rule = rule
+        if (rule, refusal) not in self.refusals:
+            self.refusals.append((rule, refusal))
+
+    def refuse_all(self, inner: _Facts) -> None:
+        """Take over the refusals of a nested statement (EXPLAIN, PREPARE, CREATE SCHEMA)."""
+        for rule, refusal in inner.refusals:
+            self.refuse(rule or "unsupported-statement", refusal)
 
 
 # Statements DSQL refuses by node type, answering "unsupported statement: <node tag>" (the

@@ -123,6 +123,20 @@ class Statement:
     prepared_name: str | None = None
     execute_name: str | None = None
     copy_from_stdin: bool = False
+    #: Every refusal the rules found, in the order found; the first is ``(rule, refusal)``, the
+    #: one DSQL answers. The others are what a user would meet after fixing the first.
+    refusals: tuple[tuple[str, Refusal], ...] = ()
+    #: Types the statement names that are not PostgreSQL built-ins (schema-qualified names keep
+    #: their schema): DSQL can only have created them as domains or tables, which only the
+    #: catalog (or the rest of a script) can tell.
+    user_types: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def all_refusals(self) -> tuple[tuple[str, Refusal], ...]:
+        """``refusals``, or the single ``(rule, refusal)`` of statements built without it."""
+        if self.refusals or self.refusal is None:
+            return self.refusals
+        return ((self.rule or "unsupported-statement", self.refusal),)
 
     @property
     def backend_sql(self) -> str:
@@ -193,6 +207,7 @@ DSQL_ONLY_SETTINGS: Final = frozenset({"disable_sync_create_index"})
 FEATURE_NOT_SUPPORTED: Final = "0A000"
 UNDEFINED_OBJECT: Final = "42704"
 PROGRAM_LIMIT_EXCEEDED: Final = "54000"
+INVALID_PARAMETER_VALUE: Final = "22023"
 TOO_MANY_COLUMNS: Final = "54011"
 
 ABORTED: Final = Refusal(

@@ -55,6 +55,33 @@ def _dml(node: ast.Node, f: _Facts, piece: _Piece) -> None:
         elif (isinstance(select, ast.SelectStmt) and select.valuesLists and not skips
               and select.larg is None):
             f.values_rows = len(select.valuesLists)
+        elif isinstance(select, ast.SelectStmt) and not skips:
+            f.values_rows = _series_rows(select)
+
+
+def _series_rows(select: ast.SelectStmt) -> int | None:
+    """Rows of ``SELECT generate_series(a, b[, step])`` with integer literals and nothing else.
+
+    Bulk-loading scripts fill tables this way; the count is known from the text, as for VALUES.
+    """
+    if (select.fromClause or select.whereClause or select.larg is not None
+            or select.groupClause or select.havingClause or select.limitCount
+            or select.distinctClause or len(select.targetList or ()) != 1):
+        return None
+    target = (select.targetList or (None,))[0]
+    call = target.val if isinstance(target, ast.ResTarget) else None
+    if not isinstance(call, ast.FuncCall) or _string_names(call.funcname) not in (
+            ("generate_series",), ("pg_catalog", "generate_series")):
+        return None
+    values = [_const_value(a) for a in call.args or () if isinstance(a, ast.A_Const)]
+    numbers = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    if len(numbers) != len(call.args or ()) or len(numbers) not in (2, 3):
+        return None
+    start, stop = numbers[0], numbers[1]
+    step = numbers[2] if len(numbers) == 3 else 1
+    if not step:
+        return None
+    return max(0, (stop - start) // step + 1)
 
 
 @_handles(ast.MergeStmt)
@@ -70,6 +97,17 @@ def _copy(node: ast.CopyStmt, f: _Facts, piece: _Piece) -> None:
     f.kind = "utility"
     f.writes_rows = bool(node.is_from)
     f.copy_from_stdin = bool(node.is_from) and node.filename is None and not node.is_program
+    if node.is_program or node.filename is not None:
+        # Inferred: DSQL is a managed service with no server file system or shell, and its admin
+        # role is not a superuser, so PostgreSQL's own privilege check answers.
+        if node.is_program:
+            what = "pg_execute_server_program role to COPY to or from an external program"
+        elif node.is_from:
+            what = "pg_read_server_files role to COPY from a file"
+        else:
+            what = "pg_write_server_files role to COPY to a file"
+        f.refuse("copy-file",
+                 Refusal("42501", f"must be superuser or have privileges of the {what}"))
 
 
 @_handles(ast.ExplainStmt)
@@ -79,8 +117,7 @@ def _explain(node: ast.ExplainStmt, f: _Facts, piece: _Piece) -> None:
     f.explain_analyze = analyze_opt is not None and _const_value(analyze_opt.arg) not in (
         False, "false", "off", 0)
     inner = _inner_facts(node.query, piece)
-    if inner.refusal is not None:
-        f.refuse(inner.rule or "unsupported-statement", inner.refusal)
+    f.refuse_all(inner)
     if f.explain_analyze and inner.kind == "dml":
         f.writes_rows = True
 
@@ -90,8 +127,7 @@ def _prepare(node: ast.PrepareStmt, f: _Facts, piece: _Piece) -> None:
     f.kind = "utility"
     f.prepared_name = node.name
     inner = _inner_facts(node.query, piece)
-    if inner.refusal is not None:
-        f.refuse(inner.rule or "unsupported-statement", inner.refusal)
+    f.refuse_all(inner)
 
 
 @_handles(ast.ExecuteStmt)
