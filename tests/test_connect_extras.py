@@ -73,3 +73,22 @@ def test_lazy_exports() -> None:
         del sys.modules["fakepkg"]
     with pytest.raises(ValueError, match="module:attribute"):
         lazy_exports("x", {"a": "mod:"})
+
+
+def test_a_plain_install_pulls_no_binary_wheel_and_no_aws_tooling() -> None:
+    from importlib.metadata import requires
+
+    core = [r for r in requires("dsqlkit") or [] if "extra ==" not in r]
+    assert sorted(r.split(">")[0] for r in core) == ["botocore", "psycopg", "psycopg-pool"]
+
+    def extra(name: str) -> list[str]:
+        return [r.split(";")[0] for r in requires("dsqlkit") or []
+                if f"extra == '{name}'" in r or f'extra == "{name}"' in r]
+
+    assert extra("binary") == ["psycopg[binary]>=3.2"]
+    assert extra("psycopg2") == ["psycopg2>=2.9"]
+    assert extra("psycopg2-binary") == ["psycopg2-binary>=2.9"]
+    # The README's commands install [all]: the binary wheels, so they work without a libpq.
+    assert {"psycopg[binary]>=3.2", "psycopg2-binary>=2.9"} <= set(extra("all"))
+    assert not any(r.startswith(("aws-cdk-lib", "awscli")) for r in extra("test"))
+    assert {r.split(">")[0] for r in extra("aws")} == {"aws-cdk-lib", "constructs", "awscli"}

@@ -54,7 +54,7 @@ def cli_server(bank_endpoint: LocalDSQL, tmp_path_factory: pytest.TempPathFactor
 def aws_invoke(url: str, tmp_path: Path, function: str, payload: Any,
                *extra: str) -> tuple[subprocess.CompletedProcess[str], Any]:
     if AWS is None:
-        pytest.skip("the AWS CLI is not installed")
+        pytest.skip("the AWS CLI is not installed: pip install -e '.[aws]' (.ci/run does)")
     out = tmp_path / f"{function}.json"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",

@@ -23,7 +23,8 @@ if shutil.which("node") is None:
 # jsii prints a banner on Node versions it no longer tests; it says nothing about our stack.
 os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 os.environ.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "1")
-cdk = pytest.importorskip("aws_cdk")
+cdk = pytest.importorskip(
+    "aws_cdk", reason="the AWS CDK is not installed: pip install -e '.[aws]' (.ci/run does)")
 from aws_cdk.assertions import Match, Template  # noqa: E402
 
 from dsqlkit.occ import OCCRetryConfig  # noqa: E402
@@ -194,3 +195,5 @@ def test_layer_build_installs_linux_wheels_for_the_function_architecture(
     assert install[install.index("--python-version") + 1] == module.RUNTIME.name.removeprefix(
         "python")
     assert "--only-binary=:all:" in install
+    # dsqlkit needs a libpq and Lambda has none: the layer brings psycopg's binary build.
+    assert "psycopg-binary" in install

@@ -51,6 +51,11 @@ ARCHITECTURE = lambda_.Architecture.ARM_64
 # Python 3.12 runtime (Amazon Linux 2023, glibc 2.34) runs both of these.
 PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_28_aarch64")
 
+# dsqlkit depends on plain psycopg, which loads the system's libpq; Lambda's runtime has none,
+# so the layer adds psycopg's binary build (what 'dsqlkit[binary]' adds; spelled as a plain
+# requirement, as the Docker build runs the command through bash, where [...] is a pattern).
+LAYER_EXTRAS = ("psycopg-binary",)
+
 # (chapter, needs the database, extra environment)
 CHAPTERS: tuple[tuple[str, bool, dict[str, str]], ...] = (
     ("ch01", False, {}),
@@ -84,7 +89,7 @@ def _pip_commands(source: str, output: str, wheel_dir: str, python: str) -> list
         [python, "-m", "pip", "install", "--quiet", "--no-compile", "--target",
          f"{output}/python",
          *platforms, "--implementation", "cp", "--python-version", PYTHON_VERSION,
-         "--only-binary=:all:", "--upgrade", f"{wheel_dir}/dsqlkit-*.whl"],
+         "--only-binary=:all:", "--upgrade", *LAYER_EXTRAS, f"{wheel_dir}/dsqlkit-*.whl"],
     ]
 
 
