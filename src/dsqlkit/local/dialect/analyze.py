@@ -463,8 +463,31 @@ def _describe(piece: _Piece, node: ast.Node) -> Statement:
     found["adopt_indexes"] = tuple(facts.adopt_indexes)
     found["refusals"] = tuple(facts.refusals)
     found["user_types"] = tuple(dict.fromkeys(facts.user_types))
+    found["relations"] = tuple(facts.relations)
+    if facts.kind == "ddl" and facts.refusal is None:
+        found["ddl_created"], found["ddl_changed"] = _ddl_targets(node, facts.relations)
     return Statement(text=piece.text, start=piece.start, end=piece.end,
                      node=type(node).__name__, rewritten=rewritten, **found)
+
+
+def _ddl_targets(node: ast.Node, relations: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The tables a DDL creates, and those whose definition it changes (dropping included)."""
+    if isinstance(node, ast.CreateStmt | ast.CreateSeqStmt | ast.ViewStmt):
+        target = node.relation if isinstance(node, ast.CreateStmt) else (
+            node.sequence if isinstance(node, ast.CreateSeqStmt) else node.view)
+        if target is not None and target.relname:
+            return (target.relname,), ()
+    if isinstance(node, ast.DropStmt):
+        names = []
+        for obj in node.objects or ():
+            parts = obj if isinstance(obj, tuple) else (obj,)
+            last = parts[-1] if parts else None
+            if isinstance(last, ast.String) and last.sval:
+                names.append(last.sval)
+        return (), tuple(names)
+    if isinstance(node, ast.RenameStmt) and node.newname and node.relation is not None:
+        return (node.newname,), tuple(relations)
+    return (), tuple(relations)
 
 
 # What a Statement takes over from the _Facts gathered for it: every field both declare.

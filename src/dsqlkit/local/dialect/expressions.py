@@ -96,6 +96,9 @@ def _scan_tree(root: ast.Node, f: _Facts) -> list[_Rewrite]:
             _check_cast(node, f)
         elif cls is ast.LockingClause:
             strengths.add(node.strength)
+        elif cls is ast.RangeVar:
+            if node.relname and node.relname not in f.relations:
+                f.relations.append(node.relname)
         elif cls is ast.TypeName:
             _note_user_type(node, f)
         elif cls is ast.RangeTableSample:

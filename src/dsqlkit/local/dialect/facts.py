@@ -80,6 +80,7 @@ class _Facts:
     prepared_name: str | None = None
     execute_name: str | None = None
     copy_from_stdin: bool = False
+    relations: list[str] = field(default_factory=list)
     dml_cte: bool = False
     explain_analyze: bool = False
     refusals: list[tuple[str, Refusal]] = field(default_factory=list)

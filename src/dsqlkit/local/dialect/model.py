@@ -123,6 +123,11 @@ class Statement:
     prepared_name: str | None = None
     execute_name: str | None = None
     copy_from_stdin: bool = False
+    # Tables (and views, sequences) the statement names, unqualified: what it uses, and for a
+    # DDL what it creates and what it changes (the endpoint's OC001 rule).
+    relations: tuple[str, ...] = ()
+    ddl_created: tuple[str, ...] = ()
+    ddl_changed: tuple[str, ...] = ()
     #: Every refusal the rules found, in the order found; the first is ``(rule, refusal)``, the
     #: one DSQL answers. The others are what a user would meet after fixing the first.
     refusals: tuple[tuple[str, Refusal], ...] = ()
