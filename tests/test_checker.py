@@ -107,7 +107,10 @@ def test_set_and_isolation_statements() -> None:
 def test_format() -> None:
     (finding,) = check_sql("  TRUNCATE t;", filename="x.sql")
     assert finding.format() == (
-        "x.sql:1:3: 0A000 unsupported statement: Truncate [truncate]\n    TRUNCATE t")
+        "x.sql:1:3: 0A000 unsupported statement: Truncate [truncate, needs review]\n"
+        "    TRUNCATE t\n"
+        "    hint: DELETE FROM the table instead (DSQL counts the rows against its 3,000-row "
+        "transaction limit)")
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -139,30 +142,48 @@ def test_cli_clean_file(files: dict[str, Path]) -> None:
 
 def test_cli_findings_text(files: dict[str, Path]) -> None:
     result = dsqlkit(str(files["clean"]), str(files["dirty"]))
-    assert result.returncode == 1
+    # text[] and TRUNCATE need review: exit 3.
+    assert result.returncode == 3
     lines = result.stdout.splitlines()
-    assert lines[0] == f"{files['dirty']}:3:1: 0A000 datatype text[] not supported [column-type]"
+    assert lines[0] == (f"{files['dirty']}:3:1: 0A000 datatype text[] not supported "
+                        "[column-type, needs review]")
     assert lines[1].startswith("    CREATE TABLE accounts (")
-    assert f"{files['dirty']}:14:1: 0A000 unsupported statement: Truncate [truncate]" in lines
+    assert (f"{files['dirty']}:14:1: 0A000 unsupported statement: Truncate "
+            "[truncate, needs review]") in lines
     assert "4 statements Aurora DSQL would refuse (2 files checked)" in result.stderr
+
+
+def test_cli_exit_codes(tmp_path: Path) -> None:
+    cases = {"CREATE INDEX i ON t (a);\n": 1, "CREATE TEMP TABLE t (a int);\n": 3,
+             "SELECT pg_advisory_lock(1);\n": 4, "SELECT 1;\n": 0}
+    for sql, code in cases.items():
+        path = tmp_path / "m.sql"
+        path.write_text(sql)
+        assert dsqlkit(str(path)).returncode == code, sql
+    assert dsqlkit("--write", str(path)).returncode == 2
 
 
 def test_cli_json(files: dict[str, Path]) -> None:
     result = dsqlkit("--format", "json", str(files["dirty"]))
-    assert result.returncode == 1
-    findings = json.loads(result.stdout)
+    assert result.returncode == 3
+    doc = json.loads(result.stdout)
+    assert (doc["schema_version"], doc["mode"]) == (2, "statement")
+    findings = doc["files"][0]["findings"]
     assert [f["rule"] for f in findings] == [
         "column-type", "sync-index", "ddl-dml-mix", "truncate"]
     assert findings[1] == {
         "filename": str(files["dirty"]), "line": 8, "column": 1,
         "statement": "CREATE INDEX accounts_balance ON accounts (balance)", "sqlstate": "0A000",
-        "message": "unsupported mode. please use CREATE INDEX ASYNC.", "rule": "sync-index"}
+        "message": "unsupported mode. please use CREATE INDEX ASYNC.", "rule": "sync-index",
+        "label": "fixable", "hint": "CREATE INDEX ASYNC builds it as a job; wait with CALL "
+        "sys.wait_for_job(job_id) before relying on it", "inferred": False, "basis": "statement"}
+    assert findings[2]["basis"] == "transaction"
 
 
-def test_cli_json_clean_is_an_empty_list(files: dict[str, Path]) -> None:
+def test_cli_json_clean_has_no_findings(files: dict[str, Path]) -> None:
     result = dsqlkit("--format", "json", str(files["clean"]))
     assert result.returncode == 0
-    assert json.loads(result.stdout) == []
+    assert json.loads(result.stdout)["files"] == [{"file": str(files["clean"]), "findings": []}]
 
 
 @pytest.mark.parametrize("which", ["missing", "dir", "latin1"])
@@ -176,8 +197,9 @@ def test_cli_unreadable(files: dict[str, Path], which: str) -> None:
 
 def test_cli_stdin() -> None:
     result = dsqlkit("-", stdin="LISTEN chan;\n")
-    assert result.returncode == 1
-    assert result.stdout.startswith("-:1:1: 0A000 unsupported statement: Listen [listen-notify]")
+    assert result.returncode == 3
+    assert result.stdout.startswith(
+        "-:1:1: 0A000 unsupported statement: Listen [listen-notify, needs review]")
 
 
 def test_cli_is_registered() -> None:
