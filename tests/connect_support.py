@@ -2,20 +2,28 @@
 
 They run against ``dsqlkit local``: real TLS, real token verification, a real PostgreSQL
 behind it. Tests that need other endpoint settings start a second endpoint over the same
-backend with :func:`extra_endpoint`.
+backend with :func:`extra_endpoint`. Token lifetimes, refreshes and pool lifetimes run on a
+:class:`~clock_support.ManualClock` (:class:`ClockedPlan`): the tests move time forward
+rather than wait for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
+from clock_support import ManualClock, Mints
+from dsqlkit.auth import sigv4
 from dsqlkit.auth.sigv4 import Credentials
+from dsqlkit.auth.tokens import TokenProvider
+from dsqlkit.config import DsqlConfig
 from dsqlkit.local import LocalDSQL
 
 WRONG = Credentials("AKIAWRONGWRONGWRONG0", "wrong-secret-never-shown", None)
@@ -67,14 +75,15 @@ class LoadResult:
 
 
 def run_threads(work: Callable[[], None], seconds: float, workers: int = 4,
-                pause: float = 0.0) -> LoadResult:
-    """Call ``work`` in a loop from ``workers`` threads for ``seconds``; count outcomes."""
+                pause: float = 0.0, until: Callable[[], bool] | None = None) -> LoadResult:
+    """Call ``work`` in a loop from ``workers`` threads for ``seconds`` (or, with ``until``,
+    until it holds; ``seconds`` then bounds a run that never gets there); count outcomes."""
     result = LoadResult()
     lock = threading.Lock()
     stop = time.monotonic() + seconds
 
     def loop() -> None:
-        while time.monotonic() < stop:
+        while time.monotonic() < stop and not (until is not None and until()):
             try:
                 work()
             except Exception as exc:
@@ -95,13 +104,13 @@ def run_threads(work: Callable[[], None], seconds: float, workers: int = 4,
 
 
 async def run_tasks(work: Callable[[], Awaitable[None]], seconds: float, workers: int = 4,
-                    pause: float = 0.0) -> LoadResult:
+                    pause: float = 0.0, until: Callable[[], bool] | None = None) -> LoadResult:
     """The asyncio version of :func:`run_threads`."""
     result = LoadResult()
     stop = time.monotonic() + seconds
 
     async def loop() -> None:
-        while time.monotonic() < stop:
+        while time.monotonic() < stop and not (until is not None and until()):
             try:
                 await work()
             except Exception as exc:
@@ -112,3 +121,101 @@ async def run_tasks(work: Callable[[], Awaitable[None]], seconds: float, workers
 
     await asyncio.gather(*(loop() for _ in range(workers)))
     return result
+
+
+def wait_closed_by_server(*fds: int, timeout: float = 10.0) -> None:
+    """Block until the server has closed (or written to) each socket: it sends a FATAL
+    error and closes an idle session at the endpoint's connection age cap."""
+    for fd in fds:
+        readable, _, _ = select.select([fd], [], [], timeout)
+        assert readable, "the endpoint did not close the connection"
+
+
+class RecordingProvider(TokenProvider):
+    """A TokenProvider that remembers every token it hands to a connection, and when (on
+    its clock): the drivers ask it once per new connection."""
+
+    handed: list[tuple[str, float]]
+
+    def token(self) -> str:
+        token = super().token()
+        self.handed.append((token, self._clock()))
+        return token
+
+    async def atoken(self) -> str:
+        token = await super().atoken()
+        self.handed.append((token, self._clock()))
+        return token
+
+
+class ClockedPlan:
+    """A pool's token and lifetime schedule, run on a :class:`ManualClock`.
+
+    ``steps()`` moves the clock (and switches the credentials on and off); after each move
+    the test waits for the mint it causes (``mints.wait(n)``; the step yields ``n``) and then
+    uses the pool, which replaces every connection past ``lifetime``. :meth:`check` then
+    asserts that every token handed to a new connection was valid at that moment on the
+    clock; the endpoint, which verifies on the real clock, refusing none is checked by the
+    test's queries succeeding.
+    """
+
+    TOKEN_SECS = 300  # refresh at 240 s; usable until 270 s; expires at 300 s
+
+    def __init__(self, ep: LocalDSQL, *, lifetime: float = 100.0) -> None:
+        self.ep = ep
+        self.clock = ManualClock()
+        self.mints = Mints()
+        self.credentials = SwitchableCredentials(ep.credentials)
+        config = DsqlConfig.from_connection_string(
+            ep.url(), credentials_provider=self.credentials, token_duration_secs=self.TOKEN_SECS)
+        self.provider = RecordingProvider.from_config(config, clock=self.clock,
+                                                      on_mint=self.mints)
+        self.provider.handed = []
+        self.lifetime = lifetime
+
+    def pool_args(self) -> dict[str, Any]:
+        """Keyword arguments for a dsqlkit pool: this provider, this clock, this lifetime."""
+        return {"token_provider": self.provider, "clock": self.clock,
+                "max_lifetime": self.lifetime}
+
+    def _move(self, seconds: float) -> int:
+        """Move the clock; the number of mint attempts to wait for after it."""
+        before = self.mints.count
+        current = self.provider.current
+        self.clock.advance(seconds)
+        self.provider.wake()
+        due = current is not None and self.clock() >= min(current.refresh_at,
+                                                          self.provider._due_at())
+        return before + 1 if due else before
+
+    def rotation(self, steps: int = 8) -> Iterator[int]:
+        """Every step outlives the pool's connections; the tokens are re-minted every 240 s
+        (twice in 8 steps of 101 s, staying well within the 15 minutes of skew)."""
+        yield self.mints.count
+        for _ in range(steps):
+            yield self._move(self.lifetime + 1)
+
+    def refresh_failure(self) -> Iterator[int]:
+        """The credentials fail from the refresh point on: connections opened meanwhile get
+        the old token, still valid; the refresh is retried with backoff and recovers."""
+        yield self.mints.count
+        first = self.provider.current
+        assert first is not None
+        self.credentials.failing = True
+        yield self._move(first.refresh_at - self.clock() + 1)  # 241 s: the refresh fails
+        yield self._move(1)  # the first retry, 1 s later, fails too
+        self.credentials.failing = False
+        yield self._move(2)  # the second retry, 2 s later: a new token
+        current = self.provider.current
+        assert current is not None and current.issued_at > first.issued_at
+        yield self._move(self.lifetime + 1)  # new connections, with the new token
+
+    def check(self, *, connections: int, tokens: int) -> None:
+        handed = self.provider.handed
+        for token, at in handed:
+            sigv4.verify_token(token, user="admin", region=self.ep.region,
+                               hosts=self.ep.hostnames, lookup={
+                                   self.ep.credentials.access_key: self.ep.credentials}.get,
+                               now=datetime.fromtimestamp(at, timezone.utc))
+        assert len(handed) >= connections, f"only {len(handed)} connections were opened"
+        assert len({t for t, _ in handed}) >= tokens, "connections did not get new tokens"

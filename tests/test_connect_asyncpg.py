@@ -12,11 +12,12 @@ import asyncpg
 import pytest
 
 import dsqlkit
+from clock_support import ManualClock
 from connect_support import (
     AGE_CAP,
     POOL_LIFETIME,
     WRONG,
-    SwitchableCredentials,
+    ClockedPlan,
     extra_endpoint,
     run_tasks,
 )
@@ -119,76 +120,59 @@ async def test_pool_with_wrong_credentials(dsql_local: LocalDSQL) -> None:
 
 async def test_max_lifetime_retires_connections(dsql_local: LocalDSQL,
                                                 caplog: pytest.LogCaptureFixture) -> None:
+    clock = ManualClock()
     async with da.create_pool(dsql_local.url(), credentials=dsql_local.credentials,
-                              min_size=1, max_size=1, max_lifetime=0.5) as pool:
+                              min_size=1, max_size=1, max_lifetime=60, clock=clock) as pool:
         first = await pool.fetchval("SELECT pg_backend_pid()")
+        clock.advance(56)  # within 5 % of the lifetime: it may retire from 57 s on
         assert await pool.fetchval("SELECT pg_backend_pid()") == first
-        await asyncio.sleep(0.6)
+        clock.advance(5)
         with caplog.at_level(logging.DEBUG, logger="dsqlkit.asyncpg"):
             assert await pool.fetchval("SELECT pg_backend_pid()") != first
         assert "retiring a pooled connection" in caplog.text
 
 
 async def test_a_connection_released_past_its_lifetime_is_closed(dsql_local: LocalDSQL) -> None:
+    clock = ManualClock()
     async with da.create_pool(dsql_local.url(), credentials=dsql_local.credentials,
-                              min_size=0, max_size=1, max_lifetime=0.3) as pool:
+                              min_size=0, max_size=1, max_lifetime=60, clock=clock) as pool:
         conn = await pool.acquire()
         pid = await conn.fetchval("SELECT pg_backend_pid()")
         raw = conn._con
-        await asyncio.sleep(0.4)
+        clock.advance(61)
         await pool.release(conn)  # closed here, not reset and parked
         assert raw.is_closed()
         assert await pool.fetchval("SELECT pg_backend_pid()") != pid
 
 
-async def test_three_second_tokens_keep_working(dsql_local: LocalDSQL) -> None:
-    opened: list[float] = []
+async def _checkouts(pool: da.Pool, n: int = 4) -> None:
+    for _ in range(n):
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
 
-    async def init(conn: Any) -> None:
-        opened.append(time.monotonic())
 
-    async with da.create_pool(dsql_local.url(), credentials=dsql_local.credentials,
-                              token_duration_secs=3, min_size=2, max_size=4,
-                              max_lifetime=1.0, init=init) as pool:
-        t0 = time.monotonic()
-
-        async def work() -> None:
-            async with pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
-
-        (await run_tasks(work, seconds=10.5, workers=4, pause=0.005)).check(minimum=500)
-        assert any(t > t0 + 9.5 for t in opened)
-        assert len(opened) >= 12
-        assert pool.token_provider.mints >= 4
+async def test_new_connections_get_refreshed_tokens(dsql_local: LocalDSQL) -> None:
+    plan = ClockedPlan(dsql_local)
+    async with da.create_pool(dsql_local.url(), **plan.pool_args(), min_size=2,
+                              max_size=4) as pool:
+        for mints in plan.rotation():
+            await plan.mints.await_(mints)
+            await _checkouts(pool)
+        assert plan.provider.mints == 3
+    plan.check(connections=2 + 8, tokens=3)
 
 
 async def test_refresh_failure_then_recovery(dsql_local: LocalDSQL,
                                              caplog: pytest.LogCaptureFixture) -> None:
-    creds = SwitchableCredentials(dsql_local.credentials)
+    plan = ClockedPlan(dsql_local, lifetime=30.0)
     with caplog.at_level(logging.WARNING, logger="dsqlkit"):
-        async with da.create_pool(dsql_local.url(), credentials_provider=creds,
-                                  token_duration_secs=3, min_size=2, max_size=4,
-                                  max_lifetime=0.7) as pool:
-            provider = pool.token_provider
-            first = provider.current
-            assert first is not None
-
-            async def flip() -> None:
-                await asyncio.sleep(max(0.0, first.refresh_at - 0.2 - time.time()))
-                creds.failing = True
-                await asyncio.sleep(max(0.0, first.expires_at - 0.25 - time.time()))
-                creds.failing = False
-
-            async def work() -> None:
-                async with pool.acquire() as conn:
-                    await conn.fetchval("SELECT 1")
-
-            flipper = asyncio.ensure_future(flip())
-            (await run_tasks(work, seconds=5.0, workers=4, pause=0.005)).check(minimum=200)
-            await flipper
-            assert creds.failures >= 2
-            current = provider.current
-            assert current is not None and current.issued_at > first.issued_at
+        async with da.create_pool(dsql_local.url(), **plan.pool_args(), min_size=2,
+                                  max_size=4) as pool:
+            for mints in plan.refresh_failure():
+                await plan.mints.await_(mints)
+                await _checkouts(pool)
+    assert plan.credentials.failures == 2
+    plan.check(connections=4, tokens=2)
     assert "refreshing the DSQL token for admin@localhost failed" in caplog.text
     assert "X-Amz-Signature" not in caplog.text
 
@@ -206,16 +190,32 @@ async def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
                 async with pool.acquire() as conn:
                     await conn.fetchval("SELECT 1")
 
-            (await run_tasks(work, seconds=8.0, workers=6)).check(minimum=500)
-            assert len(opened) >= 12
+            def replaced_twice() -> bool:
+                return len(opened) >= 12
+
+            (await run_tasks(work, seconds=30.0, workers=6, until=replaced_twice)
+             ).check(minimum=100)
+            assert replaced_twice()
 
 
 async def test_connections_closed_by_the_server_are_replaced(dsql_local: LocalDSQL) -> None:
     with extra_endpoint(dsql_local, max_connection_age=1.0) as ep:
         async with da.create_pool(ep.url(), credentials=ep.credentials,
                                   min_size=3, max_size=3) as pool:
-            before = {await pool.fetchval("SELECT pg_backend_pid()") for _ in range(3)}
-            await asyncio.sleep(1.6)
+            closed = asyncio.Event()
+            ended: list[object] = []
+
+            def on_close(conn: object) -> None:
+                ended.append(conn)
+                if len(ended) == 3:
+                    closed.set()
+
+            held = [await pool.acquire() for _ in range(3)]
+            before = {await c.fetchval("SELECT pg_backend_pid()") for c in held}
+            for c in held:
+                c._con.add_termination_listener(on_close)
+                await pool.release(c)
+            await asyncio.wait_for(closed.wait(), 10)  # the endpoint closed all three
             for _ in range(6):
                 async with pool.acquire() as conn:
                     assert await conn.fetchval("SELECT pg_backend_pid()") not in before

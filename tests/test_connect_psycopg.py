@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 import psycopg
 import pytest
@@ -15,10 +14,12 @@ from connect_support import (
     AGE_CAP,
     POOL_LIFETIME,
     WRONG,
+    ClockedPlan,
     SwitchableCredentials,
     extra_endpoint,
     run_tasks,
     run_threads,
+    wait_closed_by_server,
 )
 from dsqlkit import psycopg as dp
 from dsqlkit.errors import AuthenticationError, ConfigError, CredentialsError
@@ -127,74 +128,46 @@ def test_pool_with_missing_credentials_fails_at_open(dsql_local: LocalDSQL) -> N
         dp.create_pool(dsql_local.url(), credentials_provider=broken)
 
 
-def test_three_second_tokens_keep_working(dsql_local: LocalDSQL) -> None:
-    opened: list[float] = []
-    with dp.create_pool(
-        dsql_local.url(), credentials=dsql_local.credentials, token_duration_secs=3,
-        min_size=2, max_size=4, max_lifetime=1.0, kwargs={"autocommit": True},
-        configure=lambda conn: opened.append(time.monotonic()),
-    ) as pool:
-        t0 = time.monotonic()
+def _checkouts(pool: dp.DsqlConnectionPool, n: int = 4) -> None:
+    for _ in range(n):
+        with pool.connection() as conn:
+            conn.execute("SELECT 1")
 
-        def work() -> None:
-            with pool.connection() as conn:
-                conn.execute("SELECT 1")
 
-        run_threads(work, seconds=10.5, workers=4, pause=0.005).check(minimum=500)
-        # Connections kept being opened -- with tokens minted well after the first expired.
-        assert any(t > t0 + 9.5 for t in opened), opened[-3:]
-        assert len(opened) >= 12
-        assert pool.token_provider.mints >= 4
-        assert "X-Amz-Expires=3&" in pool.token_provider.token()
+def test_new_connections_get_refreshed_tokens(dsql_local: LocalDSQL) -> None:
+    plan = ClockedPlan(dsql_local)
+    with dp.create_pool(dsql_local.url(), **plan.pool_args(), min_size=2, max_size=4,
+                        kwargs={"autocommit": True}) as pool:
+        for mints in plan.rotation():
+            plan.mints.wait(mints)
+            _checkouts(pool)
+        assert plan.provider.mints == 3  # the first token and two refreshes, none inline
+    # Every step retired the pool's connections: new ones, with the tokens of their time.
+    plan.check(connections=2 + 8 * 2, tokens=3)
 
 
 def test_refresh_failure_then_recovery(dsql_local: LocalDSQL,
                                        caplog: pytest.LogCaptureFixture) -> None:
-    creds = SwitchableCredentials(dsql_local.credentials)
-    opened: list[float] = []
+    plan = ClockedPlan(dsql_local, lifetime=30.0)
     with caplog.at_level(logging.DEBUG, logger="dsqlkit"), dp.create_pool(
-        dsql_local.url(), credentials_provider=creds, token_duration_secs=3,
-        min_size=2, max_size=4, max_lifetime=0.7, kwargs={"autocommit": True},
-        configure=lambda conn: opened.append(time.time()),
+        dsql_local.url(), **plan.pool_args(), min_size=2, max_size=4,
+        kwargs={"autocommit": True},
     ) as pool:
-        provider = pool.token_provider
-        first = provider.current
-        assert first is not None
-
-        def flip() -> None:
-            # Fail from just before the refresh point until just before the token expires.
-            time.sleep(max(0.0, first.refresh_at - 0.2 - time.time()))
-            creds.failing = True
-            # Make sure connections open while the refresh fails (natural replacements may
-            # all fall outside that half-second window on a busy machine).
-            time.sleep(max(0.0, first.refresh_at + 0.05 - time.time()))
-            pool.resize(min_size=4, max_size=4)
-            time.sleep(max(0.0, first.expires_at - 0.25 - time.time()))
-            creds.failing = False
-
-        flipper = threading.Thread(target=flip)
-        flipper.start()
-
-        def work() -> None:
-            with pool.connection() as conn:
-                conn.execute("SELECT 1")
-
-        run_threads(work, seconds=5.0, workers=4, pause=0.005).check(minimum=200)
-        flipper.join()
-        assert creds.failures >= 2  # the refresh was attempted, and retried, while failing
-        current = provider.current
-        assert current is not None and current.issued_at > first.issued_at  # recovered
-        # Connections opened while refreshing failed used the still-valid old token.
-        assert any(first.refresh_at <= t < first.expires_at for t in opened)
+        for mints in plan.refresh_failure():
+            plan.mints.wait(mints)
+            _checkouts(pool)
+    assert plan.credentials.failures == 2  # the refresh and its first retry
+    plan.check(connections=6, tokens=2)
     assert "refreshing the DSQL token for admin@localhost failed" in caplog.text
-    assert "retrying in" in caplog.text
+    assert "retrying in 1.00 s" in caplog.text and "retrying in 2.00 s" in caplog.text
     assert "X-Amz-Signature" not in caplog.text
     assert dsql_local.credentials.secret_key not in caplog.text
 
 
 def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
     # The endpoint cuts connections at AGE_CAP, as DSQL does at 60 min; the pool retires
-    # them first (POOL_LIFETIME), as its 55-minute default does on DSQL.
+    # them first (POOL_LIFETIME), as its 55-minute default does on DSQL. The endpoint's cap
+    # runs on the real clock: the load runs until every connection was replaced twice.
     with extra_endpoint(dsql_local, max_connection_age=AGE_CAP) as ep, dp.create_pool(
         ep.url(), credentials=ep.credentials, min_size=4, max_size=4,
         max_lifetime=POOL_LIFETIME, kwargs={"autocommit": True},
@@ -203,8 +176,11 @@ def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
             with pool.connection() as conn:
                 conn.execute("SELECT 1")
 
-        run_threads(work, seconds=8.0, workers=6).check(minimum=500)
-        assert pool.get_stats()["connections_num"] >= 12  # every connection replaced, often
+        def replaced_twice() -> bool:
+            return pool.get_stats()["connections_num"] >= 12
+
+        run_threads(work, seconds=30.0, workers=6, until=replaced_twice).check(minimum=100)
+        assert replaced_twice()
 
 
 def test_connections_closed_by_the_server_are_replaced(dsql_local: LocalDSQL,
@@ -215,11 +191,12 @@ def test_connections_closed_by_the_server_are_replaced(dsql_local: LocalDSQL,
         ep.url(), credentials=ep.credentials, min_size=3, max_size=3,
         kwargs={"autocommit": True},
     ) as pool:
-        pids = set()
+        conns = []
         for _ in range(3):
             with pool.connection() as conn:
-                pids.add(conn.info.backend_pid)
-        time.sleep(1.6)
+                conns.append(conn)
+        pids = {c.info.backend_pid for c in conns}
+        wait_closed_by_server(*(c.fileno() for c in conns))
         with caplog.at_level(logging.DEBUG, logger="dsqlkit.psycopg"):
             for _ in range(6):
                 with pool.connection() as conn:
@@ -233,7 +210,7 @@ def test_unusable_sees_a_server_close_without_a_round_trip(dsql_local: LocalDSQL
         conn = dp.connect(ep.url(), credentials=ep.credentials, autocommit=True)
         dp._watch(conn)
         assert dp.unusable(conn) is None
-        time.sleep(1.0)
+        wait_closed_by_server(conn.fileno())
         assert dp.unusable(conn) in ("closed by the server", "ended by the server")
         conn.close()
         assert dp.unusable(conn) == "closed"
@@ -293,27 +270,22 @@ async def test_async_pool_wrong_credentials_fail_fast(dsql_local: LocalDSQL) -> 
     assert not pool.token_provider.refreshing
 
 
-async def test_async_three_second_tokens(dsql_local: LocalDSQL) -> None:
-    opened: list[float] = []
+async def _async_checkouts(pool: dp.DsqlAsyncConnectionPool, n: int = 4) -> None:
+    for _ in range(n):
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1")
 
-    async def configure(conn: Any) -> None:
-        opened.append(time.monotonic())
 
-    pool = dp.create_async_pool(
-        dsql_local.url(), credentials=dsql_local.credentials, token_duration_secs=3,
-        min_size=2, max_size=4, max_lifetime=1.0, kwargs={"autocommit": True},
-        configure=configure,
-    )
+async def test_async_new_connections_get_refreshed_tokens(dsql_local: LocalDSQL) -> None:
+    plan = ClockedPlan(dsql_local)
+    pool = dp.create_async_pool(dsql_local.url(), **plan.pool_args(), min_size=2,
+                                max_size=4, kwargs={"autocommit": True})
     async with pool:
-        t0 = time.monotonic()
-
-        async def work() -> None:
-            async with pool.connection() as conn:
-                await conn.execute("SELECT 1")
-
-        (await run_tasks(work, seconds=10.5, workers=4, pause=0.005)).check(minimum=500)
-        assert any(t > t0 + 9.5 for t in opened)
-        assert pool.token_provider.mints >= 4
+        for mints in plan.rotation():
+            await plan.mints.await_(mints)
+            await _async_checkouts(pool)
+        assert plan.provider.mints == 3
+    plan.check(connections=2 + 8 * 2, tokens=3)
 
 
 async def test_async_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
@@ -326,5 +298,9 @@ async def test_async_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> Non
                 async with pool.connection() as conn:
                     await conn.execute("SELECT 1")
 
-            (await run_tasks(work, seconds=6.0, workers=6)).check(minimum=300)
-            assert pool.get_stats()["connections_num"] >= 10
+            def replaced_twice() -> bool:
+                return pool.get_stats()["connections_num"] >= 12
+
+            (await run_tasks(work, seconds=30.0, workers=6, until=replaced_twice)
+             ).check(minimum=100)
+            assert replaced_twice()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import psycopg2
@@ -14,9 +13,10 @@ from connect_support import (
     AGE_CAP,
     POOL_LIFETIME,
     WRONG,
-    SwitchableCredentials,
+    ClockedPlan,
     extra_endpoint,
     run_threads,
+    wait_closed_by_server,
 )
 from dsqlkit import psycopg2 as d2
 from dsqlkit.errors import AuthenticationError, ConfigError, PoolTimeout
@@ -109,49 +109,36 @@ def test_transactions_are_committed_or_rolled_back(dsql_local: LocalDSQL) -> Non
         pool.putconn(conn)
 
 
-def test_three_second_tokens_keep_working(dsql_local: LocalDSQL) -> None:
-    with d2.create_pool(dsql_local.url(), credentials=dsql_local.credentials,
-                        token_duration_secs=3, min_size=2, max_size=4,
-                        max_lifetime=1.0) as pool:
-        def work() -> None:
-            with pool.connection() as conn:
-                _one(conn, "SELECT 1")
+def _checkouts(pool: d2.Pool, n: int = 4) -> None:
+    for _ in range(n):
+        with pool.connection() as conn:
+            _one(conn, "SELECT 1")
 
-        run_threads(work, seconds=10.5, workers=4, pause=0.005).check(minimum=500)
-        assert pool.replaced >= 12  # connections kept being retired and reopened
-        assert pool.token_provider.mints >= 4
+
+def test_new_connections_get_refreshed_tokens(dsql_local: LocalDSQL) -> None:
+    plan = ClockedPlan(dsql_local)
+    with d2.create_pool(dsql_local.url(), **plan.pool_args(), min_size=2, max_size=4) as pool:
+        for mints in plan.rotation():
+            plan.mints.wait(mints)
+            _checkouts(pool)
+        assert pool.replaced >= 8  # each step retired the connection in use
+        assert plan.provider.mints == 3
         conn = d2.connect(pool.config, token_provider=pool.token_provider)
         conn.close()
+    plan.check(connections=2 + 8, tokens=3)
 
 
 def test_refresh_failure_then_recovery(dsql_local: LocalDSQL,
                                        caplog: pytest.LogCaptureFixture) -> None:
-    creds = SwitchableCredentials(dsql_local.credentials)
+    plan = ClockedPlan(dsql_local, lifetime=30.0)
     with caplog.at_level(logging.WARNING, logger="dsqlkit"), d2.create_pool(
-        dsql_local.url(), credentials_provider=creds, token_duration_secs=3,
-        min_size=2, max_size=4, max_lifetime=0.7,
+        dsql_local.url(), **plan.pool_args(), min_size=2, max_size=4,
     ) as pool:
-        first = pool.token_provider.current
-        assert first is not None
-
-        def flip() -> None:
-            time.sleep(max(0.0, first.refresh_at - 0.2 - time.time()))
-            creds.failing = True
-            time.sleep(max(0.0, first.expires_at - 0.25 - time.time()))
-            creds.failing = False
-
-        flipper = threading.Thread(target=flip)
-        flipper.start()
-
-        def work() -> None:
-            with pool.connection() as conn:
-                _one(conn, "SELECT 1")
-
-        run_threads(work, seconds=5.0, workers=4, pause=0.005).check(minimum=200)
-        flipper.join()
-        assert creds.failures >= 2
-        current = pool.token_provider.current
-        assert current is not None and current.issued_at > first.issued_at
+        for mints in plan.refresh_failure():
+            plan.mints.wait(mints)
+            _checkouts(pool)
+    assert plan.credentials.failures == 2
+    plan.check(connections=4, tokens=2)
     assert "refreshing the DSQL token for admin@localhost failed" in caplog.text
     assert "X-Amz-Signature" not in caplog.text
 
@@ -165,8 +152,11 @@ def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
             with pool.connection() as conn:
                 _one(conn, "SELECT 1")
 
-        run_threads(work, seconds=8.0, workers=6).check(minimum=500)
-        assert pool.replaced >= 8
+        def replaced_twice() -> bool:
+            return pool.replaced >= 8
+
+        run_threads(work, seconds=30.0, workers=6, until=replaced_twice).check(minimum=100)
+        assert replaced_twice()
 
 
 def test_connections_closed_by_the_server_are_replaced(dsql_local: LocalDSQL) -> None:
@@ -177,7 +167,7 @@ def test_connections_closed_by_the_server_are_replaced(dsql_local: LocalDSQL) ->
         pids = {c.get_backend_pid() for c in conns}
         for c in conns:
             pool.putconn(c)
-        time.sleep(1.6)
+        wait_closed_by_server(*(c.fileno() for c in conns))
         for _ in range(6):
             with pool.connection() as conn:
                 assert conn.get_backend_pid() not in pids
@@ -188,7 +178,7 @@ def test_unusable_sees_a_server_close(dsql_local: LocalDSQL) -> None:
     with extra_endpoint(dsql_local, max_connection_age=0.5) as ep:
         conn = d2.connect(ep.url(), credentials=ep.credentials)
         assert d2.unusable(conn) is None
-        time.sleep(1.0)
+        wait_closed_by_server(conn.fileno())
         assert d2.unusable(conn) in ("closed by the server", "ended by the server")
         conn.close()
         assert d2.unusable(conn) == "closed"

@@ -9,7 +9,15 @@ import pytest
 from sqlalchemy import event, text
 
 import dsqlkit
-from connect_support import AGE_CAP, POOL_LIFETIME, WRONG, extra_endpoint, run_tasks, run_threads
+from connect_support import (
+    AGE_CAP,
+    POOL_LIFETIME,
+    WRONG,
+    ClockedPlan,
+    extra_endpoint,
+    run_tasks,
+    run_threads,
+)
 from dsqlkit import sqlalchemy as dsa
 from dsqlkit.errors import AuthenticationError, ConfigError
 from dsqlkit.local import LocalDSQL
@@ -83,34 +91,40 @@ def test_dispose_stops_the_refresh_and_the_next_connection_restarts_it(
     engine.dispose()
 
 
-def test_three_second_tokens_keep_working(dsql_local: LocalDSQL) -> None:
-    engine = dsa.create_engine(dsql_local.url(), driver="psycopg2",
-                               credentials=dsql_local.credentials, token_duration_secs=3,
-                               pool_size=4, max_overflow=0, pool_recycle=1.0)
-    opened: list[float] = []
-    event.listen(engine, "connect", lambda *_: opened.append(time.monotonic()))
-    t0 = time.monotonic()
+def test_new_connections_get_refreshed_tokens(dsql_local: LocalDSQL) -> None:
+    plan = ClockedPlan(dsql_local)
+    engine = dsa.create_engine(dsql_local.url(), driver="psycopg2", pool_size=2,
+                               max_overflow=0, token_provider=plan.provider)
     try:
-        def work() -> None:
+        for mints in plan.rotation():
+            plan.mints.wait(mints)
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-
-        run_threads(work, seconds=10.5, workers=4, pause=0.005).check(minimum=300)
-        assert any(t > t0 + 9.5 for t in opened) and len(opened) >= 12
+                # SQLAlchemy retires connections on its own clock (pool_recycle): let the
+                # next checkout open a new one.
+                conn.invalidate()
+        assert plan.provider.mints == 3
     finally:
         engine.dispose()
+    plan.check(connections=9, tokens=3)
 
 
 def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
     with extra_endpoint(dsql_local, max_connection_age=AGE_CAP) as ep:
         engine = dsa.create_engine(ep.url(), credentials=ep.credentials, pool_size=4,
                                    max_overflow=0, pool_recycle=POOL_LIFETIME)
+        opened: list[float] = []
+        event.listen(engine, "connect", lambda *_: opened.append(time.monotonic()))
         try:
             def work() -> None:
                 with engine.connect() as conn:
                     conn.execute(text("SELECT 1"))
 
-            run_threads(work, seconds=6.0, workers=6).check(minimum=300)
+            def replaced_twice() -> bool:
+                return len(opened) >= 12
+
+            run_threads(work, seconds=30.0, workers=6, until=replaced_twice).check(minimum=100)
+            assert replaced_twice()
         finally:
             engine.dispose()
 
@@ -139,23 +153,20 @@ async def test_async_engine(dsql_local: LocalDSQL, driver: str) -> None:
     assert not provider.refreshing
 
 
-async def test_async_three_second_tokens(dsql_local: LocalDSQL) -> None:
-    engine = dsa.create_async_engine(dsql_local.url(), driver="asyncpg",
-                                     credentials=dsql_local.credentials,
-                                     token_duration_secs=3, pool_size=4, max_overflow=0,
-                                     pool_recycle=1.0)
-    opened: list[float] = []
-    event.listen(engine.sync_engine, "connect", lambda *_: opened.append(time.monotonic()))
-    t0 = time.monotonic()
+async def test_async_new_connections_get_refreshed_tokens(dsql_local: LocalDSQL) -> None:
+    plan = ClockedPlan(dsql_local)
+    engine = dsa.create_async_engine(dsql_local.url(), driver="asyncpg", pool_size=2,
+                                     max_overflow=0, token_provider=plan.provider)
     try:
-        async def work() -> None:
+        for mints in plan.rotation():
+            await plan.mints.await_(mints)
             async with engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-
-        (await run_tasks(work, seconds=10.5, workers=4, pause=0.005)).check(minimum=300)
-        assert any(t > t0 + 9.5 for t in opened) and len(opened) >= 12
+                await conn.invalidate()
+        assert plan.provider.mints == 3
     finally:
         await engine.dispose()
+    plan.check(connections=9, tokens=3)
 
 
 async def test_async_wrong_credentials(dsql_local: LocalDSQL) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from clock_support import ManualClock, Mints
 from dsqlkit.auth import sigv4
 from dsqlkit.auth.credentials import CredentialSource, LoadedCredentials
 from dsqlkit.auth.tokens import RefreshPolicy, TokenProvider, generate_token
@@ -19,14 +20,6 @@ from dsqlkit.errors import ConfigError, CredentialsError
 
 HOST = "abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws"
 CREDS = sigv4.Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "session")
-
-
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FlakySource(CredentialSource):
@@ -58,7 +51,7 @@ def verify(token: str, *, user: str = "admin", at: float | None = None) -> sigv4
 
 
 def test_token_is_cached_until_the_refresh_point() -> None:
-    clock = Clock()
+    clock = ManualClock(1_800_000_000.0)
     provider = TokenProvider(HOST, "us-east-1", credentials=CREDS, clock=clock, expires_in=900)
     first = provider.token()
     verify(first, at=clock.now)
@@ -88,7 +81,7 @@ def test_lifetime_is_validated() -> None:
 
 
 def test_schedule_follows_expiring_credentials() -> None:
-    clock = Clock()
+    clock = ManualClock(1_800_000_000.0)
     source = FlakySource(expires_at=clock.now + 100)
     provider = TokenProvider(HOST, "us-east-1", credentials=source, clock=clock)
     provider.token()
@@ -118,7 +111,7 @@ def test_policy() -> None:
 def test_failed_refresh_is_retried_with_backoff_and_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = Clock()
+    clock = ManualClock(1_800_000_000.0)
     source = FlakySource()
     provider = TokenProvider(HOST, "us-east-1", credentials=source, clock=clock)
     first = provider.token()
@@ -149,7 +142,7 @@ def test_failed_refresh_is_retried_with_backoff_and_logged(
 def test_connection_mints_inline_when_background_refresh_keeps_failing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = Clock()
+    clock = ManualClock(1_800_000_000.0)
     source = FlakySource()
     provider = TokenProvider(HOST, "us-east-1", credentials=source, clock=clock)
     first = provider.token()
@@ -183,36 +176,12 @@ class GatedSource(FlakySource):
         return super().load()
 
 
-class Refreshes:
-    """An ``on_refresh`` hook: counts background refresh attempts and lets a test wait for
-    the next one, from a thread or from a coroutine (whichever thread the refresh ran in)."""
-
-    def __init__(self) -> None:
-        self.outcomes: list[BaseException | None] = []
-        self.cond = threading.Condition()
-
-    def __call__(self, error: BaseException | None) -> None:
-        with self.cond:
-            self.outcomes.append(error)
-            self.cond.notify_all()
-
-    def wait(self, count: int, timeout: float = 10.0) -> list[BaseException | None]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.outcomes) >= count, timeout), (
-                f"{len(self.outcomes)} background refreshes, expected {count}")
-            return list(self.outcomes)
-
-    async def await_(self, count: int, timeout: float = 10.0) -> list[BaseException | None]:
-        # A worker thread waits, so the refresh task keeps running on the event loop.
-        return await asyncio.to_thread(self.wait, count, timeout)
-
-
 def test_a_connection_never_waits_for_a_slow_background_refresh() -> None:
-    clock = Clock(time.time())
+    clock = ManualClock()
     source = GatedSource()
-    refreshes = Refreshes()
+    mints = Mints()
     provider = TokenProvider(HOST, "us-east-1", credentials=source, expires_in=900,
-                             clock=clock, on_refresh=refreshes)
+                             clock=clock, on_mint=mints)
     provider.start()
     try:
         first = provider.token()
@@ -232,7 +201,7 @@ def test_a_connection_never_waits_for_a_slow_background_refresh() -> None:
         assert not blocked, "a connection attempt waited for the background refresh"
         assert served == [first] * 50
         verify(first, at=clock.now)
-        refreshes.wait(1)
+        mints.wait(2)  # the first token (start), then the background refresh
         assert provider.token() != first and provider.mints == 2
     finally:
         source.gate.set()
@@ -240,10 +209,10 @@ def test_a_connection_never_waits_for_a_slow_background_refresh() -> None:
 
 
 def test_background_thread_refreshes_on_schedule_and_stops() -> None:
-    clock = Clock(time.time())
-    refreshes = Refreshes()
+    clock = ManualClock()
+    mints = Mints()
     provider = TokenProvider(HOST, "us-east-1", credentials=CREDS, expires_in=900, clock=clock,
-                             on_refresh=refreshes)
+                             on_mint=mints)
     provider.start()
     assert provider.refreshing
     thread = provider._thread
@@ -256,7 +225,7 @@ def test_background_thread_refreshes_on_schedule_and_stops() -> None:
             provider.wake()
             clock.now = issued + 720
             provider.wake()
-            assert refreshes.wait(n) == [None] * n
+            assert mints.wait(n + 1) == [None] * (n + 1)  # start() minted the first
             token = provider.token()
             assert token != seen[-1] and provider.mints == n + 1
             assert provider.current.issued_at == issued + 720  # type: ignore[union-attr]
@@ -279,11 +248,11 @@ def test_background_thread_ends_with_its_provider() -> None:
 
 
 async def test_async_refresh_task() -> None:
-    clock = Clock(time.time())
+    clock = ManualClock()
     source = FlakySource(blocking=True)
-    refreshes = Refreshes()
+    mints = Mints()
     provider = TokenProvider(HOST, "us-east-1", credentials=source, expires_in=900,
-                             clock=clock, on_refresh=refreshes)
+                             clock=clock, on_mint=mints)
     await provider.start_async()
     task = provider._task
     assert task is not None and provider.refreshing
@@ -293,7 +262,7 @@ async def test_async_refresh_task() -> None:
     for n in range(1, 4):
         clock.now += 720
         provider.wake()
-        assert await refreshes.await_(n) == [None] * n
+        assert await mints.await_(n + 1) == [None] * (n + 1)
         seen.add(await provider.atoken())
     assert len(seen) == 4
     await provider.stop_async()
@@ -303,25 +272,25 @@ async def test_async_refresh_task() -> None:
 
 
 async def test_async_refresh_retries_after_failure(caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock(time.time())
+    clock = ManualClock()
     source = FlakySource()
-    refreshes = Refreshes()
+    mints = Mints()
     provider = TokenProvider(HOST, "us-east-1", credentials=source, expires_in=900,
-                             clock=clock, on_refresh=refreshes)
+                             clock=clock, on_mint=mints)
     await provider.start_async()
     first = provider.token()
     source.failing = True
     with caplog.at_level(logging.WARNING, logger="dsqlkit.auth.tokens"):
         clock.now += 720
         provider.wake()
-        outcomes = await refreshes.await_(1)
-        assert isinstance(outcomes[0], CredentialsError)
+        outcomes = await mints.await_(2)
+        assert isinstance(outcomes[1], CredentialsError)
         assert "refreshing the DSQL token" in caplog.text
         assert provider.token() is first  # still valid, still served
         source.failing = False
         clock.now += 1  # the first retry is due after 1 s
         provider.wake()
-        assert (await refreshes.await_(2))[1] is None
+        assert (await mints.await_(3))[2] is None
     await provider.stop_async()
     verify(provider.token(), at=clock.now)
     assert provider.token() != first and provider._failures == 0
@@ -412,3 +381,17 @@ def test_shared_providers_serve_one_off_connections(monkeypatch: pytest.MonkeyPa
     rotated = provider.token()
     assert rotated != token and "AKIDROTATED%2F" in rotated
     assert provider.token() is rotated
+
+
+def test_on_mint_reports_every_attempt_inline_ones_too() -> None:
+    clock = ManualClock(1_800_000_000.0)
+    source = FlakySource()
+    mints = Mints()
+    provider = TokenProvider(HOST, "us-east-1", credentials=source, clock=clock, on_mint=mints)
+    first = provider.token()
+    clock.advance(721)  # past the refresh point, no refresher: the next connection mints
+    source.failing = True
+    assert provider.token() is first  # the mint failed; the old token is still valid
+    assert mints.outcomes[0] is None and isinstance(mints.outcomes[1], CredentialsError)
+    source.failing = False
+    assert provider.refresh() != first and mints.outcomes[2:] == [None]

@@ -1,4 +1,5 @@
-"""What every driver shell shares: pool defaults, lifetime rules, refused-token errors.
+"""What every driver shell shares: argument handling, pool defaults, lifetime rules,
+refused-token errors.
 
 Pure functions; the driver modules (``dsqlkit.psycopg``, ``.psycopg2``, ``.asyncpg``,
 ``.sqlalchemy``) are thin shells over these and :mod:`dsqlkit.config` /
@@ -7,12 +8,18 @@ Pure functions; the driver modules (``dsqlkit.psycopg``, ``.psycopg2``, ``.async
 
 from __future__ import annotations
 
+import random
+
 from dsqlkit._log import get_logger
+from dsqlkit.auth.tokens import TokenProvider
+from dsqlkit.config import resolve_config, split_kwargs
 from dsqlkit.errors import AuthenticationError, ConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from dsqlkit.auth.tokens import TokenProvider
+    from collections.abc import Callable
+    from typing import Any, NoReturn
+
     from dsqlkit.config import DsqlConfig
 
 logger = get_logger(__name__)
@@ -22,6 +29,29 @@ logger = get_logger(__name__)
 DSQL_CONNECTION_CAP = 3600.0
 MAX_LIFETIME = 55 * 60.0
 MAX_IDLE = 10 * 60.0
+
+
+def prepare(
+    conninfo: str | DsqlConfig, params: dict[str, Any], token_provider: TokenProvider | None,
+    driver_keys: frozenset[str] | Callable[[str], bool], *, shared: bool = True,
+) -> tuple[DsqlConfig, TokenProvider, dict[str, Any]]:
+    """Split a driver shell's keyword arguments into the connection's config and the
+    driver's own options (``driver_keys``: their names, or a test of a name), and pick the
+    token provider."""
+    config_params, driver = split_kwargs(params, driver_keys)
+    config = resolve_config(conninfo, config_params)
+    # One-off connections share a process-wide cached token; a pool gets its own provider,
+    # whose background refresh lives and dies with the pool.
+    provider = token_provider or (
+        TokenProvider.shared(config) if shared else TokenProvider.from_config(config)
+    )
+    return config, provider, driver
+
+
+def expires_at(now: float, max_lifetime: float) -> float:
+    """When a connection opened at ``now`` retires: up to 5 % early, so that a pool's
+    connections, opened together, do not all reconnect at once."""
+    return now + max_lifetime * (1.0 - 0.05 * random.random())
 
 
 def check_lifetime(max_lifetime: float | None, *, name: str = "max_lifetime") -> float:
@@ -55,6 +85,18 @@ def refusal_hint(message: str) -> str | None:
     return hint.strip().splitlines()[0].strip() if sep and hint.strip() else ""
 
 
+def raise_refused(
+    exc: BaseException, config: DsqlConfig, provider: TokenProvider, message: str | None = None,
+) -> NoReturn:
+    """Raise a driver's connection error ``exc``: as :class:`AuthenticationError` if it is
+    the server refusing the token (``message``: the error's text with its HINT, where the
+    driver keeps them apart), else unchanged."""
+    hint = refusal_hint(str(exc) if message is None else message)
+    if hint is None:
+        raise exc
+    raise authentication_error(config, provider, hint, exc) from exc
+
+
 def authentication_error(
     config: DsqlConfig, provider: TokenProvider, hint: str | None, cause: BaseException
 ) -> AuthenticationError:
@@ -85,5 +127,8 @@ __all__ = [
     "MAX_LIFETIME",
     "authentication_error",
     "check_lifetime",
+    "expires_at",
+    "prepare",
+    "raise_refused",
     "refusal_hint",
 ]

@@ -18,9 +18,10 @@ by an asyncio task until the pool closes.
 
 from __future__ import annotations
 
-import random
+import inspect
 import ssl
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -31,21 +32,16 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(f"dsqlkit.asyncpg needs asyncpg: pip install 'dsqlkit[asyncpg]' ({exc})"
                       ) from exc
 
-from dsqlkit._drivers import (
-    MAX_IDLE,
-    MAX_LIFETIME,
-    authentication_error,
-    check_lifetime,
-    refusal_hint,
-)
+from dsqlkit import _drivers
 from dsqlkit._log import get_logger
 from dsqlkit.auth.tokens import TokenProvider
-from dsqlkit.config import DsqlConfig, resolve_config, split_kwargs
+from dsqlkit.config import DsqlConfig
 from dsqlkit.errors import ConfigError
 
 logger = get_logger(__name__)
 
-_HAS_DIRECT_TLS = "direct_tls" in asyncpg.connect.__code__.co_varnames
+# asyncpg 0.30 added direct_tls= (TLS without the SSLRequest round trip).
+_HAS_DIRECT_TLS = "direct_tls" in inspect.signature(asyncpg.connect).parameters
 _CONNECT_KEYS = frozenset({
     "timeout", "statement_cache_size", "max_cached_statement_lifetime",
     "max_cacheable_statement_size", "command_timeout", "server_settings", "connection_class",
@@ -202,17 +198,13 @@ def _connect_kwargs(config: DsqlConfig) -> dict[str, Any]:
     return kwargs
 
 
-def _prepare(
+def _connect_args(
     conninfo: str | DsqlConfig, params: dict[str, Any], token_provider: TokenProvider | None,
     *, shared: bool = True,
 ) -> tuple[DsqlConfig, TokenProvider, dict[str, Any]]:
-    config_params, driver = split_kwargs(params, _CONNECT_KEYS)
-    config = resolve_config(conninfo, config_params)
-    # One-off connections share a process-wide cached token; a pool gets its own provider,
-    # whose background refresh lives and dies with the pool.
-    provider = token_provider or (
-        TokenProvider.shared(config) if shared else TokenProvider.from_config(config)
-    )
+    """The config, the token provider and this driver's connect() keyword arguments."""
+    config, provider, driver = _drivers.prepare(conninfo, params, token_provider, _CONNECT_KEYS,
+                                       shared=shared)
     kwargs = _connect_kwargs(config)
     extra_settings = driver.pop("server_settings", None)
     if extra_settings:
@@ -226,11 +218,9 @@ async def _open(config: DsqlConfig, provider: TokenProvider, kwargs: dict[str, A
     try:
         return await asyncpg.connect(password=password, **kwargs)
     except asyncpg.PostgresError as exc:
-        text = f"{exc} HINT: {getattr(exc, 'hint', '') or ''}"
-        hint = refusal_hint(text)
-        if hint is None:
-            raise
-        raise authentication_error(config, provider, hint, exc) from exc
+        # asyncpg keeps the server's HINT apart from the message.
+        hint = getattr(exc, "hint", "") or ""
+        _drivers.raise_refused(exc, config, provider, f"{exc} HINT: {hint}")
 
 
 async def connect(
@@ -245,7 +235,7 @@ async def connect(
     ``credentials_provider``, libpq parameters) and asyncpg's own ``connect()`` options
     (``command_timeout``, ``statement_cache_size``, ``server_settings``, ...).
     """
-    config, provider, kwargs = _prepare(conninfo, params, token_provider)
+    config, provider, kwargs = _connect_args(conninfo, params, token_provider)
     return await _open(config, provider, kwargs)
 
 
@@ -313,21 +303,24 @@ class Pool(asyncpg.Pool):  # type: ignore[misc]
         token_provider: TokenProvider,
         connect_kwargs: dict[str, Any],
         *,
-        max_lifetime: float = MAX_LIFETIME,
+        max_lifetime: float = _drivers.MAX_LIFETIME,
         setup: Any = None,
         connection_class: type[asyncpg.Connection] = Connection,
+        clock: Callable[[], float] = time.monotonic,
         **pool_kwargs: Any,
     ) -> None:
         self.config = config
         self.token_provider = token_provider
-        self.max_lifetime = check_lifetime(max_lifetime)
+        self.max_lifetime = _drivers.check_lifetime(max_lifetime)
+        # Lifetimes are measured on this clock (tests inject one).
+        self.clock = clock
         self._dsql_kwargs = connect_kwargs
         self._user_setup = setup
         # asyncpg.Pool wants these; asyncpg.create_pool's defaults.
         pool_kwargs.setdefault("min_size", 10)
         pool_kwargs.setdefault("max_size", 10)
         pool_kwargs.setdefault("max_queries", 50000)
-        pool_kwargs.setdefault("max_inactive_connection_lifetime", MAX_IDLE)
+        pool_kwargs.setdefault("max_inactive_connection_lifetime", _drivers.MAX_IDLE)
         pool_kwargs.setdefault("init", None)
         pool_kwargs.setdefault("reset", reset_session)
         pool_kwargs.setdefault("loop", None)
@@ -342,15 +335,12 @@ class Pool(asyncpg.Pool):  # type: ignore[misc]
     async def _connect_one(self, *args: Any, **kwargs: Any) -> Any:
         await self.token_provider.start_async()
         conn = await _open(self.config, self.token_provider, {**self._dsql_kwargs, **kwargs})
-        # Jitter (0 to -5 %) keeps a pool's connections from all expiring at once.
-        conn._dsqlkit_expire_at = (
-            time.monotonic() + self.max_lifetime * (1.0 - 0.05 * random.random())
-        )
+        conn._dsqlkit_expire_at = _drivers.expires_at(self.clock(), self.max_lifetime)
         return conn
 
     async def _setup(self, proxy: Any) -> None:
         expire_at = getattr(proxy, "_dsqlkit_expire_at", None)
-        if expire_at is not None and time.monotonic() >= expire_at:
+        if expire_at is not None and self.clock() >= expire_at:
             logger.debug("retiring a pooled connection at max_lifetime (%g s)",
                          self.max_lifetime)
             raise _Retired
@@ -373,7 +363,7 @@ class Pool(asyncpg.Pool):  # type: ignore[misc]
         # A connection past its lifetime is closed now rather than reset (a round trip
         # the server may cut) and parked in the pool until its next checkout.
         expire_at = getattr(connection, "_dsqlkit_expire_at", None)
-        if expire_at is not None and time.monotonic() >= expire_at \
+        if expire_at is not None and self.clock() >= expire_at \
                 and not connection.is_closed():
             logger.debug("retiring a pooled connection at max_lifetime (%g s)",
                          self.max_lifetime)
@@ -405,10 +395,11 @@ _POOL_KEYS = frozenset({
 def create_pool(
     conninfo: str | DsqlConfig = "",
     *,
-    max_lifetime: float = MAX_LIFETIME,
-    max_inactive_connection_lifetime: float = MAX_IDLE,
+    max_lifetime: float = _drivers.MAX_LIFETIME,
+    max_inactive_connection_lifetime: float = _drivers.MAX_IDLE,
     connection_class: type[asyncpg.Connection] = Connection,
     token_provider: TokenProvider | None = None,
+    clock: Callable[[], float] = time.monotonic,
     **params: Any,
 ) -> Pool:
     """A DSQL pool, as ``asyncpg.create_pool``: ``await`` it or use ``async with``.
@@ -417,10 +408,11 @@ def create_pool(
     ``max_size``, ``max_queries``, ``setup``, ``init``, ``reset`` -- default
     :func:`reset_session`, as asyncpg's own reset is refused by DSQL) and asyncpg connect
     options. ``max_lifetime`` (default 55 min) and ``max_inactive_connection_lifetime``
-    (default 10 min) retire connections before DSQL's 60-minute limit.
+    (default 10 min) retire connections before DSQL's 60-minute limit; ``max_lifetime`` is
+    measured on ``clock`` (tests inject one).
     """
     pool_kwargs = {k: params.pop(k) for k in list(params) if k in _POOL_KEYS}
-    config, provider, kwargs = _prepare(conninfo, params, token_provider, shared=False)
+    config, provider, kwargs = _connect_args(conninfo, params, token_provider, shared=False)
     if "connection_class" in kwargs or "record_class" in kwargs:
         raise ConfigError("pass connection_class and record_class as pool arguments")
     return Pool(
@@ -430,6 +422,7 @@ def create_pool(
         max_lifetime=max_lifetime,
         max_inactive_connection_lifetime=max_inactive_connection_lifetime,
         connection_class=connection_class,
+        clock=clock,
         **pool_kwargs,
     )
 

@@ -18,22 +18,23 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
-import psycopg
+try:
+    import psycopg
+except ImportError as exc:  # pragma: no cover - depends on the machine's libpq
+    raise ImportError(
+        f"dsqlkit.psycopg needs psycopg and a libpq: pip install 'dsqlkit[binary]' for "
+        f"psycopg's wheel with its own libpq, or install the system's libpq ({exc})"
+    ) from exc
 from psycopg import pq
-from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from dsqlkit._drivers import (
-    MAX_IDLE,
-    MAX_LIFETIME,
-    authentication_error,
-    check_lifetime,
-    refusal_hint,
-)
+from dsqlkit import _drivers
 from dsqlkit._log import get_logger
 from dsqlkit.auth.tokens import TokenProvider
-from dsqlkit.config import DsqlConfig, resolve_config, split_kwargs
+from dsqlkit.config import DsqlConfig
 from dsqlkit.errors import ConfigError
 
 logger = get_logger(__name__)
@@ -54,34 +55,8 @@ if tuple(int(p) for p in _pool_version.split(".")[:2] if p.isdigit()) < (3, 3):
     )
 
 
-def _prepare(
-    conninfo: str | DsqlConfig, params: dict[str, Any], token_provider: TokenProvider | None,
-    *, shared: bool = True,
-) -> tuple[DsqlConfig, TokenProvider, dict[str, Any]]:
-    config_params, driver = split_kwargs(params, _CONNECT_KEYS)
-    config = resolve_config(conninfo, config_params)
-    # One-off connections share a process-wide cached token; a pool gets its own provider,
-    # whose background refresh lives and dies with the pool.
-    provider = token_provider or (
-        TokenProvider.shared(config) if shared else TokenProvider.from_config(config)
-    )
-    return config, provider, driver
-
-
 def _connect_params(config: DsqlConfig) -> dict[str, Any]:
     return config.libpq_params(None, libpq_version=_libpq_version)
-
-
-def _refused(
-    exc: BaseException, config: DsqlConfig, provider: TokenProvider
-) -> BaseException:
-    """A refused token as :class:`AuthenticationError`; any other error unchanged."""
-    if not isinstance(exc, psycopg.OperationalError):
-        return exc
-    hint = refusal_hint(str(exc))
-    if hint is None:
-        return exc
-    return authentication_error(config, provider, hint, exc)
 
 
 def connect(
@@ -97,16 +72,13 @@ def connect(
     ``credentials_provider``, libpq parameters) and psycopg's ``autocommit``,
     ``prepare_threshold``, ``row_factory``, ``cursor_factory``, ``context``.
     """
-    config, provider, driver = _prepare(conninfo, params, token_provider)
+    config, provider, driver = _drivers.prepare(conninfo, params, token_provider, _CONNECT_KEYS)
     kwargs = _connect_params(config)
     kwargs["password"] = provider.token()
     try:
         return connection_class.connect(**kwargs, **driver)
     except psycopg.OperationalError as exc:
-        error = _refused(exc, config, provider)
-        if error is exc:
-            raise
-        raise error from exc
+        _drivers.raise_refused(exc, config, provider)
 
 
 async def connect_async(
@@ -117,16 +89,13 @@ async def connect_async(
     **params: Any,
 ) -> psycopg.AsyncConnection[Any]:
     """:func:`connect` for asyncio: returns a ``psycopg.AsyncConnection``."""
-    config, provider, driver = _prepare(conninfo, params, token_provider)
+    config, provider, driver = _drivers.prepare(conninfo, params, token_provider, _CONNECT_KEYS)
     kwargs = _connect_params(config)
     kwargs["password"] = await provider.atoken()
     try:
         return await connection_class.connect(**kwargs, **driver)
     except psycopg.OperationalError as exc:
-        error = _refused(exc, config, provider)
-        if error is exc:
-            raise
-        raise error from exc
+        _drivers.raise_refused(exc, config, provider)
 
 
 # -- checkout checks (shared by the sync and async pools) ----------------------------------
@@ -149,14 +118,11 @@ def _watch(conn: psycopg.BaseConnection[Any]) -> None:
     conn.add_notice_handler(on_notice)
 
 
-def unusable(conn: psycopg.BaseConnection[Any], now: float | None = None) -> str | None:
-    """Why a pooled connection must not be handed out, or None. No round trip: reads what
-    the server may already have sent (an EOF, a FATAL) without blocking."""
+def unusable(conn: psycopg.BaseConnection[Any]) -> str | None:
+    """Why a connection must not be handed out, or None. No round trip: reads what the
+    server may already have sent (an EOF, a FATAL) without blocking."""
     if conn.closed or conn.broken:
         return "closed"
-    expire_at = getattr(conn, "_expire_at", None)  # psycopg_pool's, set at connect
-    if isinstance(expire_at, float) and expire_at <= (time.monotonic() if now is None else now):
-        return "max_lifetime reached"
     pgconn = conn.pgconn
     try:
         pgconn.consume_input()
@@ -170,92 +136,105 @@ def unusable(conn: psycopg.BaseConnection[Any], now: float | None = None) -> str
     return None
 
 
-class _PoolMixin:
-    """The parts of a DSQL pool that do not depend on sync vs async."""
+class _Checkout:
+    """What a DSQL pool does to its connections, for the sync and the async pool alike:
+    :meth:`configure` (psycopg_pool's ``configure`` hook, every new connection) notes when it
+    retires and watches for the server ending it; :meth:`passes` (every checkout) refuses
+    one that is unusable or past its lifetime, measured on ``clock``.
+
+    The check runs in the pools' ``getconn`` rather than as psycopg_pool's ``check`` hook:
+    psycopg_pool backs off (1 s, then 2 s, ...) between consecutive failed checks of one
+    checkout, and connections retire together (a pool idle for a night finds every one past
+    its lifetime) or die together (a server restart).
+    """
+
+    def __init__(self, max_lifetime: float, clock: Callable[[], float]) -> None:
+        self.max_lifetime = max_lifetime
+        self.clock = clock
+        self._retire_at: weakref.WeakKeyDictionary[psycopg.BaseConnection[Any], float] = (
+            weakref.WeakKeyDictionary())
+
+    def configure(self, conn: psycopg.BaseConnection[Any]) -> None:
+        _watch(conn)
+        self._retire_at[conn] = _drivers.expires_at(self.clock(), self.max_lifetime)
+
+    def passes(self, conn: psycopg.BaseConnection[Any]) -> bool:
+        reason = unusable(conn)
+        if reason is None and self._retire_at.get(conn, float("inf")) <= self.clock():
+            reason = "max_lifetime reached"
+        if reason is None:
+            return True
+        logger.debug("replacing a pooled connection: %s", reason)
+        # Closed here, so that psycopg_pool discards it and opens a replacement when it is
+        # returned (libpq's finish(): the same call for sync and async connections).
+        conn.pgconn.finish()
+        return False
+
+
+class _DsqlPool:
+    """What the sync and the async DSQL pools share; they differ only where one awaits."""
 
     config: DsqlConfig
     token_provider: TokenProvider
-
-    def _init_dsql(self, config: DsqlConfig, provider: TokenProvider,
-                   driver_kwargs: dict[str, Any]) -> None:
-        self.config = config
-        self.token_provider = provider
-        self._static = {**_connect_params(config), **driver_kwargs}
-
-    def _refused_or(self, error: BaseException) -> BaseException:
-        return _refused(error, self.config, self.token_provider)
-
-
-class DsqlConnectionPool(_PoolMixin, ConnectionPool[psycopg.Connection[Any]]):
-    """A ``psycopg_pool.ConnectionPool`` whose connections authenticate with IAM tokens."""
+    timeout: float  # psycopg_pool's
 
     def __init__(self, config: DsqlConfig, token_provider: TokenProvider,
                  driver_kwargs: dict[str, Any], **pool_kwargs: Any) -> None:
-        self._init_dsql(config, token_provider, driver_kwargs)
-        user_configure = pool_kwargs.pop("configure", None)
+        self.config = config
+        self.token_provider = token_provider
+        self._static = {**_connect_params(config), **driver_kwargs}
+        self._checkout = _Checkout(pool_kwargs["max_lifetime"], pool_kwargs.pop("clock"))
+        self._user_configure = pool_kwargs.pop("configure", None)
+        # The psycopg_pool class that follows in the MRO; each subclass provides the
+        # _kwargs and _configure hooks in its own colour.
+        super().__init__(  # type: ignore[call-arg]
+            kwargs=self._kwargs,  # type: ignore[attr-defined]
+            configure=self._configure,  # type: ignore[attr-defined]
+            open=False, **pool_kwargs)
 
-        def configure(conn: psycopg.Connection[Any]) -> None:
-            _watch(conn)
-            if user_configure is not None:
-                user_configure(conn)
+    def _deadline(self, timeout: float | None) -> float:
+        return time.monotonic() + (self.timeout if timeout is None else timeout)
 
-        super().__init__(
-            kwargs=self._kwargs, configure=configure, open=False, **pool_kwargs
-        )
+    def _probe_failed(self, exc: psycopg.OperationalError) -> NoReturn:
+        _drivers.raise_refused(exc, self.config, self.token_provider)
+
+
+class DsqlConnectionPool(_DsqlPool, ConnectionPool[psycopg.Connection[Any]]):
+    """A ``psycopg_pool.ConnectionPool`` whose connections authenticate with IAM tokens."""
 
     def _kwargs(self) -> dict[str, Any]:
         return {**self._static, "password": self.token_provider.token()}
 
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        self._checkout.configure(conn)
+        if self._user_configure is not None:
+            self._user_configure(conn)
+
+    def getconn(self, timeout: float | None = None) -> psycopg.Connection[Any]:
+        deadline = self._deadline(timeout)
+        while True:
+            conn = super().getconn(max(0.0, deadline - time.monotonic()))
+            if self._checkout.passes(conn):
+                return conn
+            self.putconn(conn)
+
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
-        """Start refreshing tokens and open the pool; ``wait`` fails fast on the first
-        connection error that a direct attempt confirms (e.g. a refused token)."""
+        """Start refreshing tokens and open the pool. With ``wait``, one connection is
+        opened directly first, so that a refused token or unreachable endpoint raises its
+        own error at once (psycopg_pool's workers would retry it for ``reconnect_timeout``)."""
         self.token_provider.start()
         try:
             super().open(wait=False)
+            if wait and self.min_size:
+                try:
+                    self.connection_class.connect(**self._kwargs()).close()
+                except psycopg.OperationalError as exc:
+                    self._probe_failed(exc)
             if wait:
-                self._wait_ready(timeout)
+                self.wait(timeout)
         except BaseException:
             self.close()
             raise
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        errors_seen = 0
-        while True:
-            stats = self.get_stats()
-            if stats.get("pool_available", 0) >= self.min_size:
-                return
-            if stats.get("connections_errors", 0) > errors_seen:
-                errors_seen = stats["connections_errors"]
-                self._probe()
-            if time.monotonic() >= deadline:
-                raise PoolTimeout(
-                    f"the pool opened fewer than {self.min_size} connections in {timeout} s"
-                )
-            time.sleep(0.002)
-
-    def _probe(self) -> None:
-        # A connection attempt failed in a worker: reproduce it here to raise its error.
-        try:
-            conn = self.connection_class.connect(**self._kwargs())
-        except Exception as exc:
-            error = self._refused_or(exc)
-            if error is exc:
-                raise
-            raise error from exc
-        conn.close()
-
-    def getconn(self, timeout: float | None = None) -> psycopg.Connection[Any]:
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        while True:
-            conn = super().getconn(max(0.0, deadline - time.monotonic()))
-            reason = unusable(conn)
-            if reason is None:
-                return conn
-            logger.debug("replacing a pooled connection: %s", reason)
-            if reason != "max_lifetime reached":
-                conn.close()
-            self.putconn(conn)
 
     def close(self, timeout: float = 5.0) -> None:
         try:
@@ -264,72 +243,40 @@ class DsqlConnectionPool(_PoolMixin, ConnectionPool[psycopg.Connection[Any]]):
             self.token_provider.stop()
 
 
-class DsqlAsyncConnectionPool(_PoolMixin, AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
+class DsqlAsyncConnectionPool(_DsqlPool, AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
     """An ``AsyncConnectionPool`` whose connections authenticate with IAM tokens."""
-
-    def __init__(self, config: DsqlConfig, token_provider: TokenProvider,
-                 driver_kwargs: dict[str, Any], **pool_kwargs: Any) -> None:
-        self._init_dsql(config, token_provider, driver_kwargs)
-        user_configure = pool_kwargs.pop("configure", None)
-
-        async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
-            _watch(conn)
-            if user_configure is not None:
-                await user_configure(conn)
-
-        super().__init__(
-            kwargs=self._kwargs, configure=configure, open=False, **pool_kwargs
-        )
 
     async def _kwargs(self) -> dict[str, Any]:
         return {**self._static, "password": await self.token_provider.atoken()}
 
+    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._checkout.configure(conn)
+        if self._user_configure is not None:
+            await self._user_configure(conn)
+
+    async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:
+        deadline = self._deadline(timeout)
+        while True:
+            conn = await super().getconn(max(0.0, deadline - time.monotonic()))
+            if self._checkout.passes(conn):
+                return conn
+            await self.putconn(conn)
+
     async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """As :meth:`DsqlConnectionPool.open`."""
         await self.token_provider.start_async()
         try:
             await super().open(wait=False)
+            if wait and self.min_size:
+                try:
+                    await (await self.connection_class.connect(**await self._kwargs())).close()
+                except psycopg.OperationalError as exc:
+                    self._probe_failed(exc)
             if wait:
-                await self._wait_ready(timeout)
+                await self.wait(timeout)
         except BaseException:
             await self.close()
             raise
-
-    async def _wait_ready(self, timeout: float) -> None:
-        import asyncio
-
-        deadline = time.monotonic() + timeout
-        errors_seen = 0
-        while True:
-            stats = self.get_stats()
-            if stats.get("pool_available", 0) >= self.min_size:
-                return
-            if stats.get("connections_errors", 0) > errors_seen:
-                errors_seen = stats["connections_errors"]
-                try:
-                    conn = await self.connection_class.connect(**await self._kwargs())
-                except Exception as exc:
-                    error = self._refused_or(exc)
-                    if error is exc:
-                        raise
-                    raise error from exc
-                await conn.close()
-            if time.monotonic() >= deadline:
-                raise PoolTimeout(
-                    f"the pool opened fewer than {self.min_size} connections in {timeout} s"
-                )
-            await asyncio.sleep(0.002)
-
-    async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        while True:
-            conn = await super().getconn(max(0.0, deadline - time.monotonic()))
-            reason = unusable(conn)
-            if reason is None:
-                return conn
-            logger.debug("replacing a pooled connection: %s", reason)
-            if reason != "max_lifetime reached":
-                await conn.close()
-            await self.putconn(conn)
 
     async def close(self, timeout: float = 5.0) -> None:
         try:
@@ -346,12 +293,14 @@ _POOL_KEYS = frozenset({
 
 def _pool_args(
     conninfo: str | DsqlConfig, params: dict[str, Any], kwargs: dict[str, Any] | None,
-    token_provider: TokenProvider | None, max_lifetime: float,
+    token_provider: TokenProvider | None, max_lifetime: float, clock: Callable[[], float],
 ) -> tuple[DsqlConfig, TokenProvider, dict[str, Any], dict[str, Any]]:
     pool_kwargs = {k: params.pop(k) for k in list(params) if k in _POOL_KEYS}
-    pool_kwargs.setdefault("max_idle", MAX_IDLE)
-    pool_kwargs["max_lifetime"] = check_lifetime(max_lifetime)
-    config, provider, driver = _prepare(conninfo, params, token_provider, shared=False)
+    pool_kwargs.setdefault("max_idle", _drivers.MAX_IDLE)
+    pool_kwargs["max_lifetime"] = _drivers.check_lifetime(max_lifetime)
+    pool_kwargs["clock"] = clock
+    config, provider, driver = _drivers.prepare(conninfo, params, token_provider, _CONNECT_KEYS,
+                                       shared=False)
     driver.update(kwargs or {})
     for key in ("password", "host", "user", "dbname"):
         if key in driver:
@@ -365,10 +314,11 @@ def create_pool(
     open: bool = True,
     wait: bool = True,
     open_timeout: float = 30.0,
-    max_lifetime: float = MAX_LIFETIME,
+    max_lifetime: float = _drivers.MAX_LIFETIME,
     kwargs: dict[str, Any] | None = None,
     connection_class: type[psycopg.Connection[Any]] = psycopg.Connection,
     token_provider: TokenProvider | None = None,
+    clock: Callable[[], float] = time.monotonic,
     **params: Any,
 ) -> DsqlConnectionPool:
     """A psycopg_pool ``ConnectionPool`` for DSQL, opened (and, with ``wait``, filled to
@@ -377,10 +327,11 @@ def create_pool(
     ``params`` mixes connection parameters (as for :func:`connect`) and psycopg_pool's
     options (``min_size``, ``max_size``, ``timeout``, ``max_idle``, ``configure``,
     ``check``, ``reset``, ...); ``kwargs`` are psycopg connect options such as
-    ``autocommit``. ``max_lifetime`` defaults to 55 minutes.
+    ``autocommit``. ``max_lifetime`` defaults to 55 minutes; checkouts measure it on
+    ``clock`` (seconds; tests inject one).
     """
     config, provider, driver, pool_kwargs = _pool_args(
-        conninfo, params, kwargs, token_provider, max_lifetime
+        conninfo, params, kwargs, token_provider, max_lifetime, clock
     )
     pool = DsqlConnectionPool(
         config, provider, driver, connection_class=connection_class, **pool_kwargs
@@ -393,16 +344,17 @@ def create_pool(
 def create_async_pool(
     conninfo: str | DsqlConfig = "",
     *,
-    max_lifetime: float = MAX_LIFETIME,
+    max_lifetime: float = _drivers.MAX_LIFETIME,
     kwargs: dict[str, Any] | None = None,
     connection_class: type[psycopg.AsyncConnection[Any]] = psycopg.AsyncConnection,
     token_provider: TokenProvider | None = None,
+    clock: Callable[[], float] = time.monotonic,
     **params: Any,
 ) -> DsqlAsyncConnectionPool:
     """An unopened ``AsyncConnectionPool`` for DSQL: use ``async with`` or ``await
     pool.open(wait=True)``. Arguments as for :func:`create_pool`."""
     config, provider, driver, pool_kwargs = _pool_args(
-        conninfo, params, kwargs, token_provider, max_lifetime
+        conninfo, params, kwargs, token_provider, max_lifetime, clock
     )
     return DsqlAsyncConnectionPool(
         config, provider, driver, connection_class=connection_class, **pool_kwargs

@@ -14,11 +14,10 @@ refreshed by a background thread until the pool closes.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,16 +29,10 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         f"dsqlkit.psycopg2 needs psycopg2: pip install 'dsqlkit[psycopg2]' ({exc})"
     ) from exc
 
-from dsqlkit._drivers import (
-    MAX_IDLE,
-    MAX_LIFETIME,
-    authentication_error,
-    check_lifetime,
-    refusal_hint,
-)
+from dsqlkit import _drivers
 from dsqlkit._log import get_logger
 from dsqlkit.auth.tokens import TokenProvider
-from dsqlkit.config import DsqlConfig, resolve_config, split_kwargs
+from dsqlkit.config import DsqlConfig
 from dsqlkit.errors import ConfigError, PoolTimeout
 
 logger = get_logger(__name__)
@@ -51,17 +44,13 @@ _IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 Connection = psycopg2.extensions.connection
 
 
-def _prepare(
+def _connect_args(
     conninfo: str | DsqlConfig, params: dict[str, Any], token_provider: TokenProvider | None,
     *, shared: bool = True,
 ) -> tuple[DsqlConfig, TokenProvider, dict[str, Any]]:
-    config_params, driver = split_kwargs(params, _CONNECT_KEYS)
-    config = resolve_config(conninfo, config_params)
-    # One-off connections share a process-wide cached token; a pool gets its own provider,
-    # whose background refresh lives and dies with the pool.
-    provider = token_provider or (
-        TokenProvider.shared(config) if shared else TokenProvider.from_config(config)
-    )
+    """The config, the token provider and this driver's connect() keyword arguments."""
+    config, provider, driver = _drivers.prepare(conninfo, params, token_provider, _CONNECT_KEYS,
+                                       shared=shared)
     return config, provider, {**config.libpq_params(None, libpq_version=_libpq_version),
                               **driver}
 
@@ -70,10 +59,7 @@ def _open(config: DsqlConfig, provider: TokenProvider, kwargs: dict[str, Any]) -
     try:
         conn: Connection = psycopg2.connect(password=provider.token(), **kwargs)
     except psycopg2.OperationalError as exc:
-        hint = refusal_hint(str(exc))
-        if hint is None:
-            raise
-        raise authentication_error(config, provider, hint, exc) from exc
+        _drivers.raise_refused(exc, config, provider)
     return conn
 
 
@@ -89,7 +75,7 @@ def connect(
     ``credentials_provider``, libpq parameters) and psycopg2's ``connection_factory`` and
     ``cursor_factory``.
     """
-    config, provider, kwargs = _prepare(conninfo, params, token_provider)
+    config, provider, kwargs = _connect_args(conninfo, params, token_provider)
     return _open(config, provider, kwargs)
 
 
@@ -114,10 +100,10 @@ def unusable(conn: Connection) -> str | None:
 class _Slot:
     __slots__ = ("conn", "expire_at", "idle_since")
 
-    def __init__(self, conn: Connection, expire_at: float) -> None:
+    def __init__(self, conn: Connection, expire_at: float, now: float) -> None:
         self.conn = conn
         self.expire_at = expire_at
-        self.idle_since = time.monotonic()
+        self.idle_since = now
 
 
 class Pool:
@@ -135,9 +121,10 @@ class Pool:
         *,
         min_size: int = 1,
         max_size: int = 10,
-        max_lifetime: float = MAX_LIFETIME,
-        max_idle: float = MAX_IDLE,
+        max_lifetime: float = _drivers.MAX_LIFETIME,
+        max_idle: float = _drivers.MAX_IDLE,
         timeout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 <= min_size <= max_size or max_size < 1:
             raise ConfigError(
@@ -147,9 +134,12 @@ class Pool:
         self.token_provider = token_provider
         self.min_size = min_size
         self.max_size = max_size
-        self.max_lifetime = check_lifetime(max_lifetime)
+        self.max_lifetime = _drivers.check_lifetime(max_lifetime)
         self.max_idle = max_idle
         self.timeout = timeout
+        # Lifetimes and idle times are measured on this clock (tests inject one); waits for
+        # a free connection use the real one.
+        self.clock = clock
         self._kwargs = connect_kwargs
         self._cond = threading.Condition()
         self._idle: deque[_Slot] = deque()
@@ -208,8 +198,8 @@ class Pool:
 
     def _new_slot(self) -> _Slot:
         conn = _open(self.config, self.token_provider, self._kwargs)
-        jitter = 1.0 - 0.05 * random.random()  # keep connections from expiring together
-        return _Slot(conn, time.monotonic() + self.max_lifetime * jitter)
+        now = self.clock()
+        return _Slot(conn, _drivers.expires_at(now, self.max_lifetime), now)
 
     def _discard(self, slot: _Slot, reason: str) -> None:
         logger.debug("replacing a pooled connection: %s", reason)
@@ -250,7 +240,7 @@ class Pool:
                         self._opening -= 1
                         self._cond.notify()
             else:
-                now = time.monotonic()
+                now = self.clock()
                 reason = "max_lifetime reached" if now >= slot.expire_at else unusable(slot.conn)
                 if reason is not None:
                     self._discard(slot, reason)
@@ -273,7 +263,7 @@ class Pool:
                 reason = "closed by the caller" if close else "the pool is closed"
             elif conn.closed:
                 reason = "closed"
-            elif time.monotonic() >= slot.expire_at:
+            elif self.clock() >= slot.expire_at:
                 reason = "max_lifetime reached"
             elif conn.get_transaction_status() != _IDLE:
                 try:
@@ -283,7 +273,7 @@ class Pool:
             if reason is not None:
                 self._discard(slot, reason)
                 return
-            slot.idle_since = time.monotonic()
+            slot.idle_since = self.clock()
             with self._cond:
                 self._idle.append(slot)
                 self._prune_locked(slot.idle_since)
@@ -322,20 +312,22 @@ def create_pool(
     *,
     min_size: int = 1,
     max_size: int = 10,
-    max_lifetime: float = MAX_LIFETIME,
-    max_idle: float = MAX_IDLE,
+    max_lifetime: float = _drivers.MAX_LIFETIME,
+    max_idle: float = _drivers.MAX_IDLE,
     timeout: float = 30.0,
     open: bool = True,
     token_provider: TokenProvider | None = None,
+    clock: Callable[[], float] = time.monotonic,
     **params: Any,
 ) -> Pool:
     """A thread-safe psycopg2 pool for DSQL, opened unless ``open=False``.
 
-    ``params`` are connection parameters as for :func:`connect`.
+    ``params`` are connection parameters as for :func:`connect`; ``clock`` measures
+    lifetimes and idle times (tests inject one).
     """
-    config, provider, kwargs = _prepare(conninfo, params, token_provider, shared=False)
+    config, provider, kwargs = _connect_args(conninfo, params, token_provider, shared=False)
     pool = Pool(config, provider, kwargs, min_size=min_size, max_size=max_size,
-                max_lifetime=max_lifetime, max_idle=max_idle, timeout=timeout)
+                max_lifetime=max_lifetime, max_idle=max_idle, timeout=timeout, clock=clock)
     if open:
         pool.open()
     return pool

@@ -28,14 +28,18 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         f"dsqlkit.sqlalchemy needs SQLAlchemy 2: pip install 'dsqlkit[sqlalchemy]' ({exc})"
     ) from exc
 
-from dsqlkit._drivers import MAX_LIFETIME, check_lifetime
+from dsqlkit._drivers import MAX_LIFETIME, check_lifetime, prepare
 from dsqlkit.auth.tokens import TokenProvider
-from dsqlkit.config import KNOWN_PARAMETERS, DsqlConfig, resolve_config
+from dsqlkit.config import DsqlConfig
 from dsqlkit.errors import ConfigError
 
 SYNC_DRIVERS = ("psycopg", "psycopg2")
 ASYNC_DRIVERS = ("psycopg", "asyncpg")
-_ALIASES = {"tokenDurationSecs", "database", "credentials"}
+
+
+def _engine_option(name: str) -> bool:
+    # Every keyword that is not a connection parameter goes to SQLAlchemy, which checks it.
+    return True
 
 
 def _split(conninfo: str | DsqlConfig, driver: str | None) -> tuple[str | DsqlConfig, str | None]:
@@ -65,9 +69,7 @@ def _prepare(
     driver = driver or default
     if driver not in allowed:
         raise ConfigError(f"driver {driver!r} is not supported here: use one of {allowed}")
-    params = {k: kw.pop(k) for k in list(kw) if k in KNOWN_PARAMETERS or k in _ALIASES}
-    config = resolve_config(conninfo, params)
-    provider = token_provider or TokenProvider.from_config(config)
+    config, provider, kw = prepare(conninfo, kw, token_provider, _engine_option, shared=False)
     if "creator" in kw or "async_creator" in kw:
         raise ConfigError("dsqlkit supplies the connection creator; pass connect_args instead")
     kw["pool_recycle"] = check_lifetime(pool_recycle, name="pool_recycle")

@@ -166,7 +166,7 @@ class TokenProvider:
         profile: str | None = None,
         policy: RefreshPolicy | None = None,
         clock: Callable[[], float] = time.time,
-        on_refresh: Callable[[BaseException | None], None] | None = None,
+        on_mint: Callable[[BaseException | None], None] | None = None,
     ) -> None:
         if not 1 <= expires_in <= MAX_EXPIRES_IN:
             raise ConfigError(
@@ -192,8 +192,10 @@ class TokenProvider:
         self._task_signal: _Signal | None = None
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
-        # Called after every background refresh attempt with its error (None: success).
-        self.on_refresh = on_refresh
+        # Called after every attempt to mint a token (in the background, for a connection or
+        # by refresh()) with its error, None for a new token: for metrics, and for tests
+        # that move an injected clock and wait for the mint that follows.
+        self.on_mint = on_mint
         self.mints = 0
 
     @classmethod
@@ -278,6 +280,19 @@ class TokenProvider:
 
     def refresh(self) -> str:
         """Mint a new token now (raises :class:`TokenError`/:class:`CredentialsError`)."""
+        try:
+            token = self._refresh()
+        except BaseException as exc:
+            self._minted_hook(exc)
+            raise
+        self._minted_hook(None)
+        return token
+
+    def _minted_hook(self, error: BaseException | None) -> None:
+        if self.on_mint is not None:
+            self.on_mint(error)
+
+    def _refresh(self) -> str:
         with self._mint_lock:
             minted = self._mint()
         self._failures = 0
@@ -309,13 +324,15 @@ class TokenProvider:
             try:
                 minted = self._mint()
             except DsqlError as exc:
-                if old is not None and self._clock() < old.expires_at:
-                    logger.warning(
-                        "minting a DSQL token for %s@%s failed (%s); using the current token, "
-                        "valid until %s", self.user, self.hostname, exc, _utc(old.expires_at),
-                    )
-                    return old.token
-                raise
+                self._minted_hook(exc)
+                if old is None or self._clock() >= old.expires_at:
+                    raise
+                logger.warning(
+                    "minting a DSQL token for %s@%s failed (%s); using the current token, "
+                    "valid until %s", self.user, self.hostname, exc, _utc(old.expires_at),
+                )
+                return old.token
+        self._minted_hook(None)
         logger.debug(
             "minted a DSQL token for %s@%s inline (valid until %s)",
             self.user, self.hostname, _utc(minted.expires_at),
@@ -356,7 +373,7 @@ class TokenProvider:
         """One background refresh; a failure is logged and scheduled for a retry."""
         error: BaseException | None = None
         try:
-            self.refresh()
+            self._refresh()
         except Exception as exc:
             error = exc
             self._failures += 1
@@ -373,8 +390,7 @@ class TokenProvider:
                 "refreshing the DSQL token for %s@%s failed (attempt %d): %s; retrying in "
                 "%.2f s, %s", self.user, self.hostname, self._failures, exc, delay, until,
             )
-        if self.on_refresh is not None:
-            self.on_refresh(error)
+        self._minted_hook(error)
 
     def _background_step(self) -> float:
         """Refresh if due; return the seconds until the next step."""
