@@ -13,6 +13,7 @@ Modes (how the runner sends the file):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -124,12 +125,10 @@ def run_rules(statements: list[ScriptStatement], mode: Mode = "statement") -> Ch
     if mode == "query":
         rules.begin_batch()
 
-    def failed() -> None:
-        if mode == "query":
-            # PostgreSQL skips the rest of a failed Query; the runner is assumed to send the rest
-            # again, so the remaining statements are judged too.
-            rules.end_batch()
-            rules.begin_batch()
+    def split() -> None:
+        # Each finding is assumed fixed before the next is judged, as --fix does: a statement
+        # the transaction rules refuse ends its transaction and opens the next one the same way.
+        resplit(rules, mode)
 
     for index, item in enumerate(statements):
         stmt = item.stmt
@@ -138,38 +137,49 @@ def run_rules(statements: list[ScriptStatement], mode: Mode = "statement") -> Ch
             found.append(("syntax-error", Refusal("42601", stmt.parse_error or "syntax error"),
                           "statement"))
             rules.errored(stmt)
-            failed()
+            if mode == "query":
+                rules.end_batch()
+                rules.begin_batch()
             continue
-        verdict = rules.check(stmt)
         node = parse_node(stmt.text) if stmt.is_ddl or stmt.user_types else None
-        if verdict.refusal is not None:
-            state.note(node, refused=True)
-            if verdict.refusal == ABORTED or verdict.refusal == stmt.refusal:
-                # After a failure in a block everything is 25P02 until ROLLBACK: only the
-                # statement's own refusals are worth a line.
-                found.extend((r, ref, "statement") for r, ref in stmt.all_refusals)
-            else:
-                found.append((_TRANSACTION_RULES.get(verdict.refusal.message, "transaction"),
-                              verdict.refusal, "transaction"))
-            failed()
-            continue
-        missing = _script_refusals(stmt, node, state)
-        if missing:
-            found.extend(missing)
-            rules.errored(stmt)
-            failed()
-            continue
-        state.note(node, refused=False)
+        found.extend((r, ref, "statement") for r, ref in stmt.all_refusals)
+        found.extend(_script_refusals(stmt, node, state))
+        state.note(node, refused=bool(found))
+        # Judged by the transaction rules as if its own problems were fixed.
+        as_fixed = dataclasses.replace(stmt, refusal=None, refusals=(), waiver=None)
+        verdict = rules.check(as_fixed)
+        if verdict.refusal is not None and verdict.refusal != ABORTED:
+            found.append((_TRANSACTION_RULES.get(verdict.refusal.message, "transaction"),
+                          verdict.refusal, "transaction"))
+            split()
+            rules.check(as_fixed)
         rows = stmt.values_rows or 0
         if item.copy_data is not None:
             rows = sum(1 for _ in copy_rows(item.copy_data))
-        error = rules.completed(stmt, rows=rows)
+        error = rules.completed(as_fixed, rows=rows)
         if error is not None:
             found.append(("row-limit", error, "transaction"))
-            failed()
+            split()
     if mode == "file":
         rules.check(_COMMIT)
     return Checked(statements, per_stmt)
+
+
+def resplit(rules: TransactionRules, mode: Mode) -> bool:
+    """End the transaction the rules refused a statement in and open the next the same way: a
+    block is committed and begun again; in one Query, COMMIT ends PostgreSQL's implicit
+    transaction and the rest runs in a new one (PostgreSQL's protocol documentation). Returns
+    whether the statement was in an explicit block."""
+    was_block = rules.in_block
+    if mode == "query":
+        rules.end_batch()
+    if was_block:
+        rules.completed(_COMMIT)
+    if mode == "query":
+        rules.begin_batch()
+    if was_block:
+        rules.completed(_BEGIN)
+    return was_block
 
 
 def _script_refusals(stmt: Statement, node: ast.Node | None,

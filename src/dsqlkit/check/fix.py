@@ -23,6 +23,7 @@ from typing import Any
 from pglast import ast
 from pglast.enums import (
     AlterTableType,
+    CoercionForm,
     ConstrType,
     DefElemAction,
     OnCommitAction,
@@ -30,7 +31,7 @@ from pglast.enums import (
 )
 from pglast.stream import RawStream
 
-from dsqlkit.check.engine import Checked, Mode, parse_node
+from dsqlkit.check.engine import Checked, Mode, parse_node, resplit
 from dsqlkit.check.findings import FIXABLE, NEEDS_REVIEW, UNFIXABLE, rule
 from dsqlkit.check.script import copy_rows
 from dsqlkit.local.dialect import (
@@ -52,6 +53,7 @@ _TEXT_LIKE = frozenset({"tsvector", "tsquery", "inet", "cidr", "macaddr", "macad
                         "jsonpath", "pg_lsn"})
 # Types DSQL stores but cannot index [DOC supported-data-types].
 _UNINDEXABLE = frozenset({"jsonb", "json"})
+_COERCE_CALL = CoercionForm.COERCE_EXPLICIT_CALL
 _C_COLLATIONS = frozenset({"c", "posix", "default", "ucs_basic"})
 
 
@@ -76,6 +78,7 @@ class _Context:
     checked: Checked
     columns: dict[str, dict[str, str]] = field(default_factory=dict)
     jsonb_arrays: dict[str, set[str]] = field(default_factory=dict)
+    money: dict[str, set[str]] = field(default_factory=dict)
     merged: dict[str, list[ast.Constraint]] = field(default_factory=dict)
     merged_into: dict[int, str] = field(default_factory=dict)
     commented: dict[str, set[str]] = field(default_factory=dict)
@@ -331,6 +334,13 @@ def _fix_column(column: ast.ColumnDef, table: str, ctx: _Context, notes: list[No
         notes.append(Note("serial", NEEDS_REVIEW, rule("serial").hint))
     elif type_name is not None and type_name.arrayBounds:
         column.typeName = ast.TypeName(names=(ast.String(sval="jsonb"),), typemod=-1)
+        # An array default becomes the JSON array of the same elements (arrays still work
+        # inside expressions on DSQL, only not as stored columns).
+        for c in constraints:
+            if (isinstance(c, ast.Constraint) and c.contype == ConstrType.CONSTR_DEFAULT
+                    and c.raw_expr is not None):
+                c.raw_expr = ast.FuncCall(funcname=(ast.String(sval="to_jsonb"),),
+                                          args=(c.raw_expr,), funcformat=_COERCE_CALL)
         ctx.jsonb_arrays.setdefault(table, set()).add(column.colname or "")
         notes.append(Note("column-type", NEEDS_REVIEW, f"{column.colname} {base}[] becomes jsonb "
                           "(a JSON array): array operators become jsonb ones (@> and ? work "
@@ -340,6 +350,7 @@ def _fix_column(column: ast.ColumnDef, table: str, ctx: _Context, notes: list[No
         notes.append(Note("column-type", NEEDS_REVIEW, f"{column.colname} {base} becomes text: "
                           "its operators and validation are gone"))
     elif base == "money":
+        ctx.money.setdefault(table, set()).add(column.colname or "")
         column.typeName = ast.TypeName(names=(ast.String(sval="pg_catalog"),
                                               ast.String(sval="numeric")),
                                        typmods=(ast.A_Const(val=ast.Integer(ival=19)),
@@ -452,7 +463,7 @@ def _index(node: ast.IndexStmt, text: str, rules_here: set[str], ctx: _Context,
     if method != "btree":
         notes.append(Note("index-method", FIXABLE, f"{method} becomes btree (equality and range "
                           "lookups are served the same)"))
-    node.accessMethod = None
+    node.accessMethod = "btree"
     for p in params:
         if p.ordering not in (None, SortByDir.SORTBY_DEFAULT):
             p.ordering = SortByDir.SORTBY_DEFAULT
@@ -476,7 +487,8 @@ def _index(node: ast.IndexStmt, text: str, rules_here: set[str], ctx: _Context,
         notes.append(Note("index-name", FIXABLE, rule("index-name").hint))
     node.options = None
     node.tableSpace = None
-    sql = _sql(node)
+    # DSQL's documented syntax has no USING: the default method is left implicit.
+    sql = _sql(node).replace(" USING btree ", " ", 1)
     sql = re.sub(r"^CREATE (UNIQUE )?INDEX ", lambda m: f"CREATE {m.group(1) or ''}INDEX ASYNC ",
                  sql, count=1)
     return [sql + ";"]
@@ -588,10 +600,15 @@ def _not_null_check(column: str, table: str, relation: ast.RangeVar, notes: list
 def _add_column(column: ast.ColumnDef, table: str, relation: ast.RangeVar, ctx: _Context,
                 notes: list[Note]) -> list[str] | None:
     constraints = [c for c in column.constraints or () if isinstance(c, ast.Constraint)]
-    if not constraints:
-        return None
-    name = column.colname or ""
+    before = len(notes)
     _fix_column(column, relation.relname or "", ctx, notes)
+    if not constraints:
+        if len(notes) == before:
+            return None
+        plain = ast.AlterTableStmt(relation=relation, objtype=_object_table(), cmds=(
+            ast.AlterTableCmd(subtype=_AT.AT_AddColumn, def_=column, missing_ok=False),))
+        return [_sql(plain) + ";"]
+    name = column.colname or ""
     column.constraints = None
     bare = ast.AlterTableStmt(relation=relation, objtype=_object_table(), cmds=(ast.AlterTableCmd(
         subtype=_AT.AT_AddColumn, def_=column, missing_ok=False),))
@@ -653,6 +670,11 @@ def _transaction(node: ast.TransactionStmt, text: str, rules_here: set[str], ctx
 
 def _set(node: ast.VariableSetStmt, text: str, rules_here: set[str], ctx: _Context,
          notes: list[Note]) -> list[str] | None:
+    if rules_here & {"isolation-level", "set-transaction"}:
+        for r in rules_here & {"isolation-level", "set-transaction"}:
+            notes.append(Note(r, NEEDS_REVIEW, "DSQL runs every transaction at REPEATABLE READ "
+                              "and refuses SET TRANSACTION; the statement is commented out"))
+        return [commented_out(text, "DSQL runs every transaction at REPEATABLE READ")]
     if "set-parameter" in rules_here and (node.name or "").lower() in _DUMP_SETTINGS:
         notes.append(Note("set-parameter", FIXABLE, "a setting pg_dump writes for PostgreSQL; "
                           "it changes nothing on DSQL and is dropped"))
@@ -705,13 +727,15 @@ def _rewrite_copy(node: ast.Node, text: str, rules_here: set[str], ctx: _Context
     columns = _names(node.attlist) or list(ctx.columns.get(table, {}))
     rows = list(copy_rows(data))
     convert = [i for i, c in enumerate(columns) if c in arrays]
+    money = [i for i, c in enumerate(columns)
+             if ctx.money.get(table, set()) and c in ctx.money[table]]
     csv = any(isinstance(o, ast.DefElem) and o.defname == "format"
               and str(getattr(o.arg, "sval", "")).lower() == "csv" for o in node.options or ())
-    if convert and not csv:
-        rows = [_convert_row(r, convert) for r in rows]
+    if (convert or money) and not csv:
+        rows = [_convert_row(r, convert, money) for r in rows]
         notes.append(Note("column-type", NEEDS_REVIEW, "array values in the COPY data are written "
-                          "as JSON arrays"))
-    if not convert and len(rows) <= ROW_LIMIT and "row-limit" not in rules_here:
+                          "as JSON arrays, money values as plain numbers"))
+    if not (convert or money) and len(rows) <= ROW_LIMIT and "row-limit" not in rules_here:
         return None
     head = text.rstrip().rstrip(";") + ";"
     blocks: list[str] = []
@@ -725,11 +749,15 @@ def _rewrite_copy(node: ast.Node, text: str, rules_here: set[str], ctx: _Context
     return blocks
 
 
-def _convert_row(row: str, convert: list[int]) -> str:
+def _convert_row(row: str, convert: list[int], money: list[int]) -> str:
     fields = row.split("\t")
     for i in convert:
         if i < len(fields) and fields[i] != "\\N":
             fields[i] = _array_to_json(_unescape_copy(fields[i])).replace("\\", "\\\\")
+    for i in money:
+        if i < len(fields) and fields[i] != "\\N":
+            # money's text form carries the currency symbol and group separators (lc_monetary).
+            fields[i] = re.sub(r"[^0-9.\-]", "", fields[i].replace("(", "-"))
     return "\t".join(fields)
 
 
@@ -813,15 +841,6 @@ def _emit(text: str, replacements: list[tuple[int, int, list[str]]], ctx: _Conte
 
 def _boundary(mode: Mode, rules: TransactionRules) -> str:
     """End the transaction DSQL's rules need ended, and open the next one the same way."""
-    commit = analyze("COMMIT").statements[0]
-    if rules.in_block:
-        rules.completed(commit)
-        rules.completed(analyze("BEGIN").statements[0])
-        return "-- dsqlkit: needs review: transaction split (DSQL: one DDL per transaction, " \
-               "no DDL with DML)\nCOMMIT;\nBEGIN;"
-    # In one Query, COMMIT ends PostgreSQL's implicit transaction: what came before it is
-    # committed and the rest runs in a new one (PostgreSQL's protocol documentation).
-    rules.end_batch()
-    rules.begin_batch()
-    return "-- dsqlkit: needs review: transaction split (DSQL: one DDL per transaction, " \
-           "no DDL with DML)\nCOMMIT;"
+    head = ("-- dsqlkit: needs review: transaction split (DSQL: one DDL per transaction, no DDL "
+            "with DML)\nCOMMIT;")
+    return head + "\nBEGIN;" if resplit(rules, mode) else head

@@ -54,55 +54,65 @@ def verify_text(text: str, dsn: str, mode: Mode = "statement") -> list[RunError]
         if mode == "file":
             cur.execute("BEGIN")
         failed_block = False
+        # A job submitted inside a transaction starts when it commits, and sys.wait_for_job
+        # cannot run inside a block (2D000): wait once the transaction is over.
+        pending: list[tuple[str, ScriptStatement]] = []
         for item in statements:
             if item.stmt.kind == "empty":
                 continue
             if failed_block and item.stmt.tcl_action not in ("commit", "rollback"):
                 continue  # 25P02 until the block ends: a consequence, not a finding
-            error = _run_one(cur, item, lines)
+            error = _run_one(cur, item, lines, pending)
             if error is not None:
                 errors.append(error)
                 failed_block = conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
             elif item.stmt.tcl_action in ("commit", "rollback"):
                 failed_block = False
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                errors.extend(_wait(cur, pending, lines))
         if mode == "file" and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             try:
                 cur.execute("COMMIT")
             except psycopg.Error as exc:
                 errors.append(_error(lines, len(text), "COMMIT", exc))
+        errors.extend(_wait(cur, pending, lines))
     return errors
 
 
 def _run_one(cur: psycopg.ClientCursor[tuple[object, ...]], item: ScriptStatement,
-             lines: LineIndex) -> RunError | None:
+             lines: LineIndex, pending: list[tuple[str, ScriptStatement]]) -> RunError | None:
     try:
         if item.copy_data is not None:
             with cur.copy(item.text) as copy:
                 copy.write(item.copy_data.encode("utf-8"))
             return None
         cur.execute(item.text)
-        return _wait_for_jobs(cur, item, lines)
     except psycopg.Error as exc:
         return _error(lines, item.start, item.text, exc)
+    if cur.description is not None and [c.name for c in cur.description] == ["job_id"]:
+        row = cur.fetchone()
+        if row is not None:
+            pending.append((str(row[0]), item))
+    return None
 
 
-def _wait_for_jobs(cur: psycopg.ClientCursor[tuple[object, ...]], item: ScriptStatement,
-                   lines: LineIndex) -> RunError | None:
-    if cur.description is None or [c.name for c in cur.description] != ["job_id"]:
-        return None
-    row = cur.fetchone()
-    if row is None:
-        return None
-    job = str(row[0])
-    cur.execute("CALL sys.wait_for_job(%s)", (job,))
-    done = cur.fetchone()
-    if done is not None and done[0] in (True, "t"):
-        return None
-    cur.execute("SELECT status, details FROM sys.jobs WHERE job_id = %s", (job,))
-    status = cur.fetchone()
-    details = f"{status[0]}: {status[1]}" if status else "failed"
-    line, column = lines.position(item.start)
-    return RunError(line, column, excerpt(item.text), "job", f"job {job} {details}", job)
+def _wait(cur: psycopg.ClientCursor[tuple[object, ...]], pending: list[tuple[str, ScriptStatement]],
+          lines: LineIndex) -> list[RunError]:
+    """Wait for the jobs submitted so far; the failed ones, with their sys.jobs details."""
+    failed: list[RunError] = []
+    for job, item in pending:
+        cur.execute("CALL sys.wait_for_job(%s)", (job,))
+        done = cur.fetchone()
+        if done is not None and done[0] in (True, "t"):
+            continue
+        cur.execute("SELECT status, details FROM sys.jobs WHERE job_id = %s", (job,))
+        status = cur.fetchone()
+        details = f"{status[0]}: {status[1]}" if status else "failed"
+        line, column = lines.position(item.start)
+        failed.append(RunError(line, column, excerpt(item.text), "job", f"job {job} {details}",
+                               job))
+    pending.clear()
+    return failed
 
 
 def _run_batches(cur: psycopg.ClientCursor[tuple[object, ...]],
@@ -110,6 +120,7 @@ def _run_batches(cur: psycopg.ClientCursor[tuple[object, ...]],
                  errors: list[RunError]) -> None:
     """``query`` mode: the SQL between COPY statements goes as one Query each."""
     batch: list[ScriptStatement] = []
+    pending: list[tuple[str, ScriptStatement]] = []
 
     def flush() -> None:
         if not batch:
@@ -118,37 +129,27 @@ def _run_batches(cur: psycopg.ClientCursor[tuple[object, ...]],
         try:
             cur.execute(sql)
             while True:
-                _drain_jobs(cur, batch, lines, errors)
+                if cur.description is not None and [c.name for c in cur.description] == [
+                        "job_id"]:
+                    row = cur.fetchone()
+                    if row is not None:
+                        pending.append((str(row[0]), batch[0]))
                 if not cur.nextset():
                     break
         except psycopg.Error as exc:
             errors.append(_error(lines, _failed_at(batch, exc), sql, exc))
         batch.clear()
+        errors.extend(_wait(cur, pending, lines))
 
     for item in statements:
         if item.copy_data is not None:
             flush()
-            error = _run_one(cur, item, lines)
+            error = _run_one(cur, item, lines, pending)
             if error is not None:
                 errors.append(error)
         elif item.stmt.kind != "empty":
             batch.append(item)
     flush()
-
-
-def _drain_jobs(cur: psycopg.ClientCursor[tuple[object, ...]], batch: list[ScriptStatement],
-                lines: LineIndex, errors: list[RunError]) -> None:
-    if cur.description is not None and [c.name for c in cur.description] == ["job_id"]:
-        row = cur.fetchone()
-        if row is not None:
-            job = str(row[0])
-            check = cur.connection.cursor()
-            check.execute("CALL sys.wait_for_job(%s)", (job,))
-            done = check.fetchone()
-            if done is None or done[0] not in (True, "t"):
-                line, column = lines.position(batch[0].start)
-                errors.append(RunError(line, column, "CREATE INDEX ASYNC", "job",
-                                       f"job {job} failed", job))
 
 
 def _failed_at(batch: list[ScriptStatement], exc: psycopg.Error) -> int:
