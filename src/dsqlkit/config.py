@@ -235,8 +235,9 @@ class DsqlConfig:
     Immutable and hashable. ``host`` is the name tokens are signed for, TLS verifies and SNI
     carries (a bare cluster id is already expanded). ``params`` holds the other libpq
     parameters, passed through. The repr never shows a secret: there is none here, tokens
-    are minted per connection. (A hand-written class rather than a dataclass: importing
-    ``dataclasses`` costs more than a cold start should spend on a config object.)
+    are minted per connection. (A hand-written class rather than a frozen dataclass:
+    ``import dataclasses`` pulls in ``inspect``; measured in fresh processes, it took a
+    token's cold start from 5.3 ms to 17.4 ms over a bare interpreter, docs/performance.md.)
     """
 
     __slots__ = _FIELDS
@@ -540,7 +541,9 @@ def _unknown_message(key: str) -> str:
 
 def parse_connection_string(conninfo: str) -> dict[str, Any]:
     """Split a connection string into raw ``{libpq-or-dsql key: value}`` pairs (no defaults)."""
-    text = conninfo.strip()
+    if "\0" in conninfo:
+        raise ConfigError("the connection string contains a NUL character")
+    text = conninfo.strip("".join(_SPACE))
     if not text:
         return {}
     scheme, sep, _ = text.partition("://")
@@ -637,25 +640,32 @@ def _parse_url(text: str) -> dict[str, Any]:
     return raw
 
 
+# libpq's whitespace in a conninfo string: C isspace() in the C locale, not str.isspace().
+_SPACE = frozenset(" \t\n\r\x0b\x0c")
+
+
 def _iter_conninfo(text: str) -> Iterator[tuple[str, str]]:
+    """libpq's ``PQconninfoParse`` grammar (held equal to it by tests/test_config_conninfo.py):
+    ``key = value`` pairs, a value either up to the next space or in single quotes, a
+    backslash escaping the next character (a trailing one is dropped)."""
     i, n = 0, len(text)
     while True:
-        while i < n and text[i].isspace():
+        while i < n and text[i] in _SPACE:
             i += 1
         if i >= n:
             return
         start = i
-        while i < n and text[i] != "=" and not text[i].isspace():
+        while i < n and text[i] != "=" and text[i] not in _SPACE:
             i += 1
         key = text[start:i]
-        while i < n and text[i].isspace():
+        while i < n and text[i] in _SPACE:
             i += 1
         if i >= n or text[i] != "=":
             raise ConfigError(
                 f"missing '=' after {key!r} in the connection string: use key=value pairs"
             )
         i += 1
-        while i < n and text[i].isspace():
+        while i < n and text[i] in _SPACE:
             i += 1
         chars: list[str] = []
         if i < n and text[i] == "'":
@@ -666,8 +676,8 @@ def _iter_conninfo(text: str) -> Iterator[tuple[str, str]]:
                         f"unterminated quoted value for {key!r} in the connection string"
                     )
                 c = text[i]
-                if c == "\\" and i + 1 < n:
-                    chars.append(text[i + 1])
+                if c == "\\":
+                    chars.append(text[i + 1:i + 2])
                     i += 2
                 elif c == "'":
                     i += 1
@@ -676,9 +686,9 @@ def _iter_conninfo(text: str) -> Iterator[tuple[str, str]]:
                     chars.append(c)
                     i += 1
         else:
-            while i < n and not text[i].isspace():
-                if text[i] == "\\" and i + 1 < n:
-                    chars.append(text[i + 1])
+            while i < n and text[i] not in _SPACE:
+                if text[i] == "\\":
+                    chars.append(text[i + 1:i + 2])
                     i += 2
                 else:
                     chars.append(text[i])
