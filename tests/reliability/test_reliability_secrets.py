@@ -184,7 +184,9 @@ def test_no_secret_in_logs_or_errors(capture: Capture, tmp_path: Path,
         rng = random.Random(5)
         while len(bad_tokens) < 23:
             case = mutate(RandomDraw(rng), ctx)
-            if not case.expected() and "\0" not in case.token:
+            # Presented as admin below: a case for another role (other-user keeps the token
+            # and changes only the role) would be a valid admin token here.
+            if case.user == "admin" and not case.expected() and "\0" not in case.token:
                 minted.append(case.base.token)
                 bad_tokens.append(case.token)
         for token in bad_tokens:
