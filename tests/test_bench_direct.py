@@ -8,8 +8,8 @@ counts must be exact.
 from __future__ import annotations
 
 import json
-import threading
 import time
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -134,17 +134,21 @@ def test_exact_conflict_counts_when_every_commit_conflicts(
 
 def test_schema_change_during_a_run_is_counted_as_oc001(always_conflicting: LocalDSQL) -> None:
     ep = always_conflicting
+    column = f"probe_{uuid.uuid4().hex[:8]}"
+    altered: list[bool] = []
 
-    def ddl() -> None:
-        time.sleep(0.3)
-        with psycopg.connect(ep.dsn(), autocommit=True) as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS bench_ddl_probe (id int PRIMARY KEY)")
+    def alter_once(done: int, failed: int, elapsed: float) -> None:
+        # Once transfers have used the table, change it: DSQL fails the sessions that had it
+        # in their catalog with OC001.
+        if done and not altered:
+            altered.append(True)
+            with psycopg.connect(ep.dsn(), autocommit=True) as conn:
+                conn.execute(f"ALTER TABLE accounts ADD COLUMN {column} text")
 
-    thread = threading.Thread(target=ddl)
-    thread.start()
     result = run_bench(direct(ep, retry=False),
-                       LoadPlan(threads=3, accounts=50, iterations=None, duration=0.8, seed=5))
-    thread.join()
+                       LoadPlan(threads=3, accounts=50, iterations=None, duration=1.0, seed=5),
+                       progress=alter_once)
+    assert altered
     s = result.summary
     assert s.failures_by_class[Outcome.OC001] >= 1
     assert s.failures_by_class[Outcome.OC000] + s.failures_by_class[Outcome.OC001] == s.transfers

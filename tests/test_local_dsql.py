@@ -158,41 +158,104 @@ def test_no_lost_update_under_concurrency(dsql_local: LocalDSQL, table: str) -> 
 # ---------------------------------------------------------------- schema versions
 
 
-def test_committed_ddl_makes_other_sessions_fail_once_with_oc001(
+def test_ddl_fails_sessions_that_used_the_table_once_with_oc001(
     dsql_local: LocalDSQL, table: str
 ) -> None:
-    with conn(dsql_local) as a, conn(dsql_local) as b:
-        b.execute("SELECT 1")
+    with conn(dsql_local) as a, conn(dsql_local) as b, conn(dsql_local) as c:
+        b.execute(f"SELECT count(*) FROM {table}")  # b has the table in its catalog
+        c.execute("SELECT 1")  # c has not used it
         a.execute(f"ALTER TABLE {table} ADD COLUMN note text")
         with pytest.raises(psycopg.errors.SerializationFailure) as info:
             b.execute(f"SELECT count(*) FROM {table}")
         assert str(info.value) == OC001
-        assert b.execute(f"SELECT count(*) FROM {table}").fetchone() == (10,)
+        assert b.execute(f"SELECT count(*) FROM {table}").fetchone() == (10,)  # refreshed
+        assert c.execute(f"SELECT count(*) FROM {table}").fetchone() == (10,)
         a.execute(f"SELECT note FROM {table} LIMIT 1")  # the author is not affected
 
 
-def test_ddl_committed_during_a_transaction_fails_its_commit(
+def test_ddl_on_a_table_during_a_transaction_that_used_it_fails_its_commit(
     dsql_local: LocalDSQL, table: str
 ) -> None:
     with conn(dsql_local) as a, conn(dsql_local) as b:
         b.execute("BEGIN")
         b.execute(f"UPDATE {table} SET v = 3 WHERE id = 10")
-        a.execute(f"CREATE TABLE {table}_other (id int PRIMARY KEY)")
+        # DSQL's DDL takes no lock: it does not wait for b, and b loses at COMMIT.
+        a.execute(f"ALTER TABLE {table} ADD COLUMN note text")
+        with pytest.raises(psycopg.errors.SerializationFailure) as info:
+            b.execute("COMMIT")
+        assert str(info.value) == OC001
+        assert a.execute(f"SELECT v FROM {table} WHERE id = 10").fetchone() == (0,)
+
+
+def test_ddl_does_not_wait_for_a_reader(dsql_local: LocalDSQL, table: str) -> None:
+    with conn(dsql_local) as a, conn(dsql_local) as b:
+        b.execute("BEGIN")
+        assert b.execute(f"SELECT count(*) FROM {table}").fetchone() == (10,)
+        # PostgreSQL would make the ALTER wait for b's table lock until b ends.
+        a.execute(f"ALTER TABLE {table} ADD COLUMN note text")
+        with pytest.raises(psycopg.errors.SerializationFailure) as info:
+            b.execute(f"SELECT count(*) FROM {table}")
+        assert str(info.value) == OC001
+        b.execute("ROLLBACK")
+
+
+def test_unrelated_ddl_raises_no_oc001(dsql_local: LocalDSQL, table: str) -> None:
+    """What the official suites, green on real clusters, do around other sessions' DDL."""
+    other = f"{table}_other"
+    with conn(dsql_local) as a, conn(dsql_local) as b:
+        b.execute(f"SELECT count(*) FROM {table}")
+        b.execute("BEGIN")
+        b.execute(f"UPDATE {table} SET v = 3 WHERE id = 10")
+        a.execute(f"CREATE TABLE {other} (id int PRIMARY KEY)")
+        b.execute("COMMIT")  # the DDL was about another table
+        b.execute("BEGIN")
+        a.execute(f"DROP TABLE {other}")
+        b.execute("COMMIT")
+        b.execute("BEGIN")
+        b.execute("SELECT 1")
+        a.execute(f"CREATE TABLE {other} (id int PRIMARY KEY)")
+        b.execute("COMMIT")
+        for statement in ("SELECT 1", "DEALLOCATE ALL", "RESET ALL", "SET search_path = public"):
+            a.execute(f"DROP TABLE {other}")
+            a.execute(f"CREATE TABLE {other} (id int PRIMARY KEY)")
+            b.execute(statement)
+        # A table created while b was idle: b writes it at once.
+        b.execute(f"INSERT INTO {other} VALUES (1)")
+        # Dropped and created again (a test suite's fixtures): a new table for everyone.
+        a.execute(f"DROP TABLE {other}")
+        a.execute(f"CREATE TABLE {other} (id int PRIMARY KEY, note text)")
+        b.execute(f"INSERT INTO {other} VALUES (1, 'again')")
+        a.execute(f"DROP TABLE {other}")
+
+
+def test_strict_schema_conflicts_fail_every_other_session(
+    dsql_local: LocalDSQL, table: str
+) -> None:
+    with LocalDSQL(dsql_local.data_dir, backend_url=dsql_local.backend_url, port=0,
+                   schema_conflicts="strict") as ep, conn(ep) as a, conn(ep) as b:
+        b.execute("SELECT 1")
+        b.execute("BEGIN")
+        b.execute(f"UPDATE {table} SET v = 3 WHERE id = 10")
+        a.execute(f"CREATE TABLE {table}_strict (id int PRIMARY KEY)")
         try:
             with pytest.raises(psycopg.errors.SerializationFailure) as info:
                 b.execute("COMMIT")
             assert str(info.value) == OC001
+            a.execute(f"CREATE TABLE {table}_strict2 (id int PRIMARY KEY)")
+            with pytest.raises(psycopg.errors.SerializationFailure):
+                b.execute("SELECT 1")
+            b.execute("SELECT 1")
         finally:
-            a.execute(f"DROP TABLE {table}_other")
+            a.execute(f"DROP TABLE IF EXISTS {table}_strict")
+            a.execute(f"DROP TABLE IF EXISTS {table}_strict2")
 
 
 def test_schema_conflicts_can_be_switched_off(dsql_local: LocalDSQL, table: str) -> None:
     with LocalDSQL(dsql_local.data_dir, backend_url=dsql_local.backend_url, port=0,
                    schema_conflicts=False) as ep, conn(ep) as a, conn(ep) as b:
-        b.execute("SELECT 1")
-        a.execute(f"CREATE TABLE {table}_quiet (id int PRIMARY KEY)")
         b.execute(f"SELECT count(*) FROM {table}")
-        a.execute(f"DROP TABLE {table}_quiet")
+        a.execute(f"ALTER TABLE {table} ADD COLUMN quiet text")
+        b.execute(f"SELECT count(*) FROM {table}")
 
 
 # ---------------------------------------------------------------- limits

@@ -26,11 +26,14 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from dsqlkit.auth import sigv4
 from dsqlkit.errors import LocalEndpointError
+
+if TYPE_CHECKING:
+    from dsqlkit.local.occ.engine import SchemaMode
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +120,8 @@ class LocalDSQL:
         connection_burst: int = 1000,
         max_connection_age: float = 3600.0,
         occ_mode: str = "commit",
-        lock_timeout: float = 0.1,
-        schema_conflicts: bool = True,
+        lock_timeout: float = 0.001,
+        schema_conflicts: bool | str = True,
         inject: Mapping[str, float] | str | None = None,
         seed: int | None = None,
         rules: bool = True,
@@ -149,7 +152,7 @@ class LocalDSQL:
                 f"occ_mode must be 'commit', 'statement' or 'off', not {occ_mode!r}")
         self.occ_mode = occ_mode
         self.lock_timeout = lock_timeout
-        self.schema_conflicts = schema_conflicts
+        self.schema_conflicts = _schema_mode(schema_conflicts)
         from dsqlkit.local.faults import parse_spec
 
         self.inject = parse_spec(inject) if isinstance(inject, str) else dict(inject or {})
@@ -159,7 +162,7 @@ class LocalDSQL:
         self.transaction_age_limit = transaction_age_limit
         if not rules:
             self.occ_mode = "off"
-            self.schema_conflicts = False
+            self.schema_conflicts = "off"
         self.use_uvloop = use_uvloop
         self.port = 0
         self.state: EndpointState | None = None
@@ -450,6 +453,18 @@ def _new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
         except ImportError:
             pass
     return asyncio.new_event_loop()
+
+
+def _schema_mode(value: bool | str) -> SchemaMode:
+    """``schema_conflicts``: True means DSQL's rule (``relation``), False ``off``."""
+    if value is True or value == "relation":
+        return "relation"
+    if value is False or value == "off":
+        return "off"
+    if value == "strict":
+        return "strict"
+    raise LocalEndpointError(
+        f"schema_conflicts must be 'relation', 'strict', 'off' or a bool, not {value!r}")
 
 
 def _libpq_quote(value: str) -> str:

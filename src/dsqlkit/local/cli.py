@@ -76,13 +76,22 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lock-timeout",
         type=float,
-        default=0.1,
-        help="longest wait, in seconds, on another session's row lock (default 0.1)",
+        default=0.001,
+        help="how long, in seconds, a statement may wait on another transaction's lock before "
+        "the endpoint makes way for it (DSQL never waits; default 0.001); with --occ statement, "
+        "the lock timeout after which the statement fails",
+    )
+    p.add_argument(
+        "--schema-conflicts",
+        choices=["relation", "strict", "off"],
+        default="relation",
+        help="OC001 after another session's DDL: when a table the session used was changed "
+        "(relation, DSQL's rule, the default), after any DDL (strict), or never (off)",
     )
     p.add_argument(
         "--no-schema-conflicts",
         action="store_true",
-        help="do not fail other sessions with OC001 after a committed DDL",
+        help="the same as --schema-conflicts off",
     )
     p.add_argument(
         "--inject",
@@ -154,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             max_connection_age=args.max_connection_age,
             occ_mode=args.occ,
             lock_timeout=args.lock_timeout,
-            schema_conflicts=not args.no_schema_conflicts,
+            schema_conflicts="off" if args.no_schema_conflicts else args.schema_conflicts,
             inject=args.inject,
             seed=args.seed,
             rules=not args.passthrough,

@@ -16,7 +16,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dsqlkit.auth import sigv4
@@ -25,6 +25,8 @@ from dsqlkit.local.backend import BackendAddress, send_cancel
 from dsqlkit.local.faults import Faults
 from dsqlkit.local.jobs import JobRunner
 from dsqlkit.local.link import Link
+from dsqlkit.local.occ.engine import Conflict, Engine, SchemaMode
+from dsqlkit.local.occ.monitor import LockMonitor
 from dsqlkit.local.session import Refusal, Session
 from dsqlkit.local.tls import ALPN
 
@@ -46,10 +48,13 @@ class EndpointConfig:
     # "commit": conflicts reported at COMMIT, as DSQL does; "statement": at the statement
     # (with DSQL's message); "off": PostgreSQL's own behaviour and messages.
     occ_mode: str = "commit"
-    # The longest a statement waits on another session's row lock (DSQL never waits).
-    lock_timeout: float = 0.1
-    # A committed DDL fails other sessions' next statement with OC001, as on DSQL.
-    schema_conflicts: bool = True
+    # How long a statement may wait on another transaction's lock before the endpoint makes
+    # way for it (DSQL never waits; see dsqlkit.local.occ). In "statement" mode, the lock
+    # timeout after which the statement fails.
+    lock_timeout: float = 0.001
+    # OC001 after another session's DDL: "relation" (a table the session used was changed,
+    # as on DSQL), "strict" (any DDL, on the next statement that touches storage), "off".
+    schema_conflicts: SchemaMode = "relation"
     faults: Faults = field(default_factory=Faults)
     # False: relay statements untouched (no dialect, rules or OCC emulation); only for
     # measuring what the rules cost.
@@ -92,6 +97,7 @@ class Server:
         ssl_context.sni_callback = self._sni
         self.backend_address = backend_address
         self.sessions: dict[tuple[int, int], Session] = {}
+        self.by_sid: dict[int, Session] = {}
         self.pids: set[int] = set()
         self.open_connections = 0
         self.bucket = TokenBucket(config.connection_rate, config.connection_burst)
@@ -102,8 +108,13 @@ class Server:
         # A finished build changes the catalog on DSQL too, and DSQL may then answer OC001;
         # the endpoint does not, which keeps unrelated sessions quiet (docs/local.md).
         self.jobs = JobRunner(backend_address, lambda: None)
-        # Bumped by every committed DDL; sessions compare it with the version they saw.
-        self.catalog_version = 0
+        self.engine = Engine(config.schema_conflicts)
+        self._commit_waiters: dict[int, asyncio.Future[None]] = {}
+        self.monitor: LockMonitor | None = None
+        if config.occ_mode == "commit":
+            self.monitor = LockMonitor(self.engine, backend_address,
+                                       lambda: self.sessions.values(),
+                                       delay=config.lock_timeout)
         # Sessions that sent the backend work and wait for its answer (a measure of load).
         self.sessions_waiting = 0
         self.stats = {"accepted": 0, "refused_rate": 0, "refused_max": 0, "plaintext": 0,
@@ -139,6 +150,8 @@ class Server:
         for s in self.listeners:
             self._accepting.append(asyncio.ensure_future(self._accept_loop(s)))
         self.jobs.start()
+        if self.monitor is not None:
+            self.monitor.start()
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -157,6 +170,8 @@ class Server:
 
     async def close(self) -> None:
         await self.jobs.stop()
+        if self.monitor is not None:
+            await self.monitor.stop()
         for t in self._accepting:
             t.cancel()
         for s in self.listeners:
@@ -304,17 +319,31 @@ class Server:
     async def authorize(self, user: str) -> None:
         """Hook for role checks; the dialect layer installs DSQL's IAM role mapping here."""
 
-    def catalog_changed(self, session: Session) -> None:
-        self.bump_catalog()
-        session.seen_catalog = self.catalog_version
+    def commit_finished(self, sid: int) -> asyncio.Future[None]:
+        """Resolved when the transaction of session ``sid`` (whose COMMIT is at the
+        backend) has ended."""
+        fut = self._commit_waiters.get(sid)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._commit_waiters[sid] = fut
+        return fut
 
-    def bump_catalog(self) -> None:
-        self.catalog_version += 1
+    def transaction_finished(self, sid: int,
+                             doomed: Sequence[tuple[int, Conflict]] = ()) -> None:
+        """Session ``sid``'s transaction ended; ``doomed``: the ones it made lose."""
+        fut = self._commit_waiters.pop(sid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        for loser, _ in doomed:
+            session = self.by_sid.get(loser)
+            if session is not None:
+                session.lost()
 
     def backend_startup(self, user: str, params: dict[str, str]) -> dict[str, str]:
-        # DSQL pins every transaction at REPEATABLE READ; lock_timeout bounds row-lock waits.
+        # DSQL pins every transaction at REPEATABLE READ. In "commit" mode the lock monitor
+        # ends lock waits; in "statement" mode a lock timeout does.
         options = "-c default_transaction_isolation=repeatable\\ read"
-        if self.config.occ_mode != "off" and self.config.lock_timeout > 0:
+        if self.config.occ_mode == "statement" and self.config.lock_timeout > 0:
             options += f" -c lock_timeout={int(self.config.lock_timeout * 1000)}"
         return {
             "user": self.config.backend_users.get(user, user),
@@ -331,12 +360,14 @@ class Server:
         key = (pid, secrets.randbelow(2**31 - 1))
         self.pids.add(pid)
         self.sessions[key] = session
+        self.by_sid[pid] = session
         self.stats["sessions"] += 1
         return key
 
     def unregister(self, session: Session) -> None:
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
+            self.by_sid.pop(session.key[0], None)
             self.pids.discard(session.key[0])
 
     async def cancel(self, pid: int, secret: int) -> None:

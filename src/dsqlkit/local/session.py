@@ -23,6 +23,7 @@ this differs from DSQL.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 import time
@@ -33,9 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 from dsqlkit.errors import LocalEndpointError, TokenRejected
 from dsqlkit.local import dialect, wire
-from dsqlkit.local.backend import BackendRefused, BackendSession, open_session
+from dsqlkit.local.backend import BackendRefused, BackendSession, open_session, send_cancel
 from dsqlkit.local.link import Link, LinkClosed
 from dsqlkit.local.occ import DryRun, dry_run
+from dsqlkit.local.occ.engine import Conflict, Decision
 
 if TYPE_CHECKING:
     from dsqlkit.local.server import Server
@@ -75,12 +77,24 @@ _OC001_FRAME = wire.error_response(OC001.sqlstate, OC001.message)
 _MAX_HELD_ANSWER = 1 << 20
 _MAX_RECORDED_TRANSACTION = 8 << 20
 # Inside a scratch transaction a lock wait means the dry run is needed: keep it short.
-_SCRATCH_LOCK_TIMEOUT_MS = 20
+_SCRATCH_LOCK_TIMEOUT_MS = 1
+# A statement cancelled within this many seconds after the endpoint asked for it was
+# cancelled by the endpoint (a cancel request reaches the backend some time after it is sent,
+# possibly after the statement it aimed at).
+_CANCEL_WINDOW = 1.0
 # Each unit of a scratch transaction runs after this savepoint, so that one that waited on a
 # lock can be undone and answered with its dry run.
 _SAVEPOINT_UNIT = wire.query("SAVEPOINT dsqlkit_unit")
 _ROLLBACK_TO_UNIT = wire.query("ROLLBACK TO SAVEPOINT dsqlkit_unit")
+# Every transaction block runs inside this savepoint, taken before its first statement: rolling
+# back to it releases the block's locks and keeps its snapshot (see dsqlkit.local.occ.engine).
+_SAVEPOINT_TXN = wire.query("SAVEPOINT dsqlkit_txn")
+_ROLLBACK_TO_TXN = wire.query("ROLLBACK TO SAVEPOINT dsqlkit_txn")
+# What a replay must answer as the first run did: rows, command tags, and their order.
+_HASHED = frozenset({wire.DATA_ROW, wire.COMMAND_COMPLETE, wire.EMPTY_QUERY,
+                     wire.PORTAL_SUSPENDED})
 _ROLLBACK_STATEMENT = "dsqlkit_rollback"
+_MISSING_STATEMENT = "dsqlkit_missing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,9 +263,30 @@ class Session:
         self.txn_log_size = 0
         self.txn_replayable = True
         self.txn_ddl = False
-        self.doomed = False
-        self.seen_catalog = server.catalog_version
-        self.txn_catalog = server.catalog_version
+        # Nothing but BEGIN ran in the backend's open block yet.
+        self.block_clean = False
+        # Tables the DDL of this unit / transaction created and changed.
+        self.unit_ddl_created: list[str] = []
+        self.unit_ddl_changed: list[str] = []
+        self.txn_ddl_created: list[str] = []
+        self.txn_ddl_changed: list[str] = []
+        # The transaction lost and continues in a scratch transaction (see _start_scratch).
+        self.in_scratch = False
+        # The scratch transaction was rolled back to make way for another session: it
+        # replays the block again before its next unit.
+        self.scratch_stale = False
+        # The backend's block holds the dsqlkit_txn savepoint taken before its first statement.
+        self.savepoint = False
+        # The unit in flight is exactly a BEGIN (its block can take the savepoint next).
+        self.unit_only_begin = False
+        # The backend was rolled back to dsqlkit_txn (parked): replay before running again.
+        self.backend_parked = False
+        # A digest of the backend's answers to the block so far (rows, tags), for replays.
+        self.txn_hash = hashlib.blake2b(digest_size=16)
+        # When the endpoint last cancelled this backend's statement (a cycle of lock waits).
+        self.endpoint_cancel_at = -_CANCEL_WINDOW
+        # The transaction lost while its statement ran: release its locks once it is idle.
+        self.park_when_idle = False
         self._commit_error: bytes | None = None
         self._rollback_prepared = False
         self._internal: _Internal | None = None
@@ -471,7 +506,9 @@ class Session:
                     if start > seg:  # earlier messages go out before anything the unit adds
                         out.append(data[seg:start])
                         seg = start
-                    self._unit_begins()
+                    if not self._unit_begins(mtype, data, start, end):
+                        self._pause(batch, i, seg, data)
+                        return
                     if self._closed:
                         return
                 replacement: bytes | None = None
@@ -504,6 +541,9 @@ class Session:
                     elif mtype == wire.BIND:
                         checked = self._check_bind(data, start, end)
                         if checked is None:
+                            return
+                        if checked is _PENDING:
+                            self._pause(batch, i, seg, data)
                             return
                         replacement, special = checked
                         if self._stmt_present or self._portal_present:
@@ -651,18 +691,35 @@ class Session:
             self.backend.link.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
             if not self._waiting and self.expect:
-                self._waiting = True
-                self.server.sessions_waiting += 1
+                self._start_waiting()
         if self._to_client:
             out = self._to_client
             self.client.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
-    def _unit_begins(self) -> None:
-        """The backend is idle and a new unit starts: decide how to watch it."""
+    def _unit_begins(self, mtype: int, data: bytes, start: int, end: int) -> bool:
+        """The backend is idle and a new unit starts: decide how to watch it.
+
+        Returns False when the backend must first be brought back (a parked transaction
+        replays, a lost one moves to its scratch transaction); the unit waits for that.
+        """
         server = self.server
         in_block = self.txn_status == _IN_BLOCK
-        self.recording = in_block and server.config.occ_mode == "commit"
+        commit_mode = server.config.occ_mode == "commit"
+        if in_block and commit_mode and self.savepoint:
+            txn = server.engine.txn(self.sid)
+            if self.backend_parked and txn is not None:
+                ends = self._unit_ends_block(mtype, data, start, end)
+                if txn.lost is None and ends != "rollback":
+                    self._spawn_busy(self._replay())
+                    return False
+                if txn.lost is not None and ends is None:
+                    self._spawn_busy(self._scratch_for_lost())
+                    return False
+            elif self.in_scratch and self.scratch_stale:
+                self._spawn_busy(self._start_scratch())
+                return False
+        self.recording = in_block and commit_mode
         self.unit_msgs = []
         self.unit_expects = []
         self.unit_out = []
@@ -671,17 +728,50 @@ class Session:
         self.unit_error = False
         self.unit_committed = False
         self.unit_ddl = False
+        self.unit_ddl_created = []
+        self.unit_ddl_changed = []
+        self.unit_only_begin = False
         self.unit_in_block = self.txn_status != _IDLE
         self.conflict = None
-        if self.txn_status == _IDLE:
-            self.txn_catalog = server.catalog_version
-        if self.doomed and in_block:
+        if in_block and server.engine.txn(self.sid) is None:
+            # The block's first statement: it takes the snapshot, after the savepoint that
+            # lets the endpoint park the block (possible only if nothing ran in it yet).
+            clean = self.block_clean or self._deferred_begin is not None
+            server.engine.begin(self.sid, parkable=commit_mode and clean)
+            self.txn_hash = hashlib.blake2b(digest_size=16)
+            if commit_mode and clean:
+                self._to_backend.append(_SAVEPOINT_TXN)
+                self.expect.append((wire.QUERY, _DISCARD))
+                self.savepoint = True
+        self.block_clean = False
+        if self.in_scratch and in_block:
             self._to_backend.append(_SAVEPOINT_UNIT)
             self.expect.append((wire.QUERY, _DISCARD))
         if in_block and server.faults.roll("disconnect"):
             log.info("fault injection: dropping a connection in the middle of a transaction")
             self.client.abort()
             self.close()
+        return True
+
+    def _unit_ends_block(self, mtype: int, data: bytes, start: int, end: int
+                         ) -> str | None:
+        """"commit" or "rollback" when the unit starting with this message is just that."""
+        try:
+            if mtype == wire.QUERY:
+                sql = wire.parse_query(data[start:end])
+            elif mtype == wire.PARSE:
+                sql = wire.parse_parse(data[start:end])[1]
+            elif mtype == wire.BIND:
+                name = wire.parse_bind_names(data[start:end])[1]
+                return "commit" if name in self._prepared_commits else None
+            else:
+                return None
+        except wire.ProtocolViolation:
+            return None
+        statements = [s for s in dialect.analyze(sql).statements if s.kind != "empty"]
+        if len(statements) == 1 and statements[0].tcl_action in ("commit", "rollback"):
+            return statements[0].tcl_action
+        return None
 
     # -- DSQL's rules, per statement ---------------------------------------------------
 
@@ -701,6 +791,14 @@ class Session:
             if asked is _PENDING:
                 return _PENDING
             facts = asked
+        if self.txn_status == _IN_BLOCK and any(
+                st.tcl_action == "commit" for st in analysis.statements):
+            # First committer wins: a transaction that collided with one whose COMMIT is
+            # at the backend learns its fate before it commits.
+            partner = self.server.engine.committing_partner(self.sid)
+            if partner is not None:
+                self._spawn_busy(self.server.commit_finished(partner))
+                return _PENDING
         rules = self.rules
         if not extended:
             rules.begin_batch()
@@ -719,7 +817,7 @@ class Session:
                 rules.errored(stmt)
             if (refusal is None and stmt.kind in _STORAGE_KINDS
                     and self.txn_status != _FAILED):
-                refusal = self._schema_conflict()
+                refusal = self._schema_conflict(stmt)
                 if refusal is not None:
                     rules.errored(stmt)
             if refusal is not None:
@@ -742,7 +840,14 @@ class Session:
                 index += 1
                 continue
             rules.completed(stmt)
-            ddl = ddl or stmt.is_ddl
+            if stmt.is_ddl:
+                ddl = True
+                self.unit_ddl_created.extend(stmt.ddl_created)
+                self.unit_ddl_changed.extend(stmt.ddl_changed)
+                if self.txn_status == _IN_BLOCK:
+                    self.server.engine.ddl(self.sid)
+            elif stmt.tcl_action == "begin" and len(analysis.statements) == 1:
+                self.unit_only_begin = True
             answered = self._answer_here(stmt)
             if answered is not None:
                 texts.append(answered[0])
@@ -945,16 +1050,30 @@ class Session:
         return wire.parse_message(name, text, oids), special
 
     def _check_bind(self, data: bytes, start: int, end: int) -> _Checked:
-        """A Bind of a named COMMIT must not commit a transaction that has to fail."""
-        if self.txn_status != _IN_BLOCK or not self._prepared_commits:
+        """A Bind runs a prepared statement again: OC001 if the session's catalog of a table
+        it uses is stale; and a named COMMIT must not commit a transaction that has to fail."""
+        checks_schema = self.server.engine.schema_mode != "off" and self.prepared
+        if not checks_schema and (self.txn_status != _IN_BLOCK or not self._prepared_commits):
             return None, None  # (PostgreSQL itself answers a malformed Bind with 08P01)
         frame = data[start:end]
         names = self._parsed(wire.parse_bind_names, data, start, end)
         if names is None:
             return None
         _, statement = names
-        if statement not in self._prepared_commits:
+        prepared = self.prepared.get(statement) if checks_schema else None
+        if prepared is not None and self.txn_status != _FAILED:
+            for stmt in prepared[0].statements:
+                if stmt.kind in _STORAGE_KINDS and self._schema_conflict(stmt) is not None:
+                    self.rules.errored(stmt)
+                    # Bind a statement that does not exist; its error becomes OC001.
+                    return (wire.rebind(frame, _MISSING_STATEMENT),
+                            Special(error=_OC001_FRAME))
+        if self.txn_status != _IN_BLOCK or statement not in self._prepared_commits:
             return None, None
+        partner = self.server.engine.committing_partner(self.sid)
+        if partner is not None:
+            self._spawn_busy(self.server.commit_finished(partner))
+            return _PENDING
         self.rules.completed(self.prepared[statement][0].statements[0])
         failure = self._commit_failure()
         if failure is None:
@@ -974,11 +1093,11 @@ class Session:
 
     # -- OCC: schema versions and commit failures --------------------------------------
 
-    def _schema_conflict(self) -> dialect.Refusal | None:
-        """OC001 when another session committed DDL since this one last touched storage."""
+    def _schema_conflict(self, stmt: dialect.Statement) -> dialect.Refusal | None:
+        """OC001 when this session's catalog of a table the statement uses is stale."""
         server = self.server
-        if server.config.schema_conflicts and self.seen_catalog < server.catalog_version:
-            self.seen_catalog = server.catalog_version
+        if server.engine.access(self.sid, stmt.relations,
+                                storage=stmt.kind in _STORAGE_KINDS) is not None:
             return OC001
         if server.faults.roll("oc001"):
             return OC001
@@ -987,11 +1106,13 @@ class Session:
     def _commit_failure(self) -> bytes | None:
         """The error a COMMIT must answer instead of committing, if any."""
         server = self.server
-        if self.doomed:
+        decision = server.engine.commit_decision(self.sid)
+        if decision.decision is Decision.FAIL:
+            return _OC001_FRAME if decision.conflict is Conflict.SCHEMA else _OC000_FRAME
+        if decision.decision is not Decision.PROCEED:
+            # A parked transaction replays before its unit starts; this is a bug.
+            log.error("COMMIT of a transaction in state %s", decision.decision)
             return _OC000_FRAME
-        if server.config.schema_conflicts and self.txn_catalog < server.catalog_version:
-            self.seen_catalog = server.catalog_version
-            return _OC001_FRAME
         if server.faults.roll("occ"):
             return _OC000_FRAME
         return None
@@ -1041,10 +1162,12 @@ class Session:
                     self.unit_error = True
                 elif data[start + 5 : end - 1] == b"COMMIT":
                     self.unit_committed = True
-            if special is not None:
-                if special.discard:
-                    replacement = b""
-                else:
+            if special is not None and special.discard:
+                replacement = b""
+            else:
+                if self.recording and mtype in _HASHED:
+                    self.txn_hash.update(data[start:end])
+                if special is not None:
                     present = special.present
                     if present is None and special.present_by_result is not None:
                         present = special.present_by_result.get(self._result_index)
@@ -1119,10 +1242,20 @@ class Session:
         else:
             self._flush()
 
+    def _start_waiting(self) -> None:
+        self._waiting = True
+        self.server.sessions_waiting += 1
+        monitor = self.server.monitor
+        if monitor is not None:
+            monitor.started_waiting(self)
+
     def _not_waiting(self) -> None:
         if self._waiting:
             self._waiting = False
             self.server.sessions_waiting -= 1
+            monitor = self.server.monitor
+            if monitor is not None:
+                monitor.stopped_waiting(self)
 
     def _passes_unchanged(self, frames: list[tuple[int, int, int]]) -> bool:
         """Whether :meth:`_on_backend_frames` would forward these frames exactly as they are.
@@ -1157,6 +1290,11 @@ class Session:
             return None, True
         if special is not None and special.error is not None:
             return special.error, close_after  # a refusal: the rules recorded it already
+        if (sqlstate == "57014"
+                and time.monotonic() - self.endpoint_cancel_at < _CANCEL_WINDOW):
+            # The endpoint cancelled the statement to break a cycle of lock waits: this
+            # transaction gives way, as a conflict.
+            sqlstate = "40001"
         if sqlstate in _CONFLICT_STATES:
             mode = self.server.config.occ_mode
             if (self.recording and not self.unit_flushed and self.txn_replayable
@@ -1195,16 +1333,23 @@ class Session:
             self.unit_out = []
             self.txn_log.append(self.unit_msgs)
             self.recording = False
-        self.txn_ddl = self.txn_ddl or self.unit_ddl
+        if self.unit_ddl:
+            self.txn_ddl = True
+            self.txn_ddl_created.extend(self.unit_ddl_created)
+            self.txn_ddl_changed.extend(self.unit_ddl_changed)
+        if not self.txn_replayable and self.savepoint:
+            self.server.engine.unparkable(self.sid)
         if self.txn_status == _IDLE:
-            committed = self.unit_committed if self.unit_in_block else not self.unit_error
-            if self.txn_ddl and committed:
-                self.server.catalog_changed(self)
-            self.txn_log = []
-            self.txn_log_size = 0
-            self.txn_replayable = True
-            self.txn_ddl = False
-            self.doomed = False
+            self._transaction_ended()
+        elif self.unit_only_begin and not self.unit_in_block:
+            self.block_clean = True  # the unit was exactly the block's BEGIN
+        if self.park_when_idle and rerun is None:
+            self.park_when_idle = False
+            if self.txn_status == _IN_BLOCK and not self.held:
+                self._flush()
+                self.park()
+                if self.busy:
+                    return
         if rerun is not None:
             self._rerun = None
             rerun.set_result(True)
@@ -1214,6 +1359,142 @@ class Session:
             self._end_for_age()
             return
         self._pump()
+
+    def _transaction_ended(self) -> None:
+        """The backend is idle again: the block (or autocommit statement) is over."""
+        committed = self.unit_committed if self.unit_in_block else not self.unit_error
+        engine = self.server.engine
+        created = self.txn_ddl_created if self.txn_ddl else ()
+        changed = self.txn_ddl_changed if self.txn_ddl else ()
+        if engine.txn(self.sid) is not None:
+            doomed = engine.end(self.sid, committed=committed, created=created,
+                                changed=changed)
+            self.server.transaction_finished(self.sid, doomed)
+        elif self.txn_ddl and committed:
+            engine.committed_statement(self.sid, created=created, changed=changed)
+        self.txn_log = []
+        self.txn_log_size = 0
+        self.txn_replayable = True
+        self.txn_ddl = False
+        self.txn_ddl_created = []
+        self.txn_ddl_changed = []
+        self.in_scratch = False
+        self.scratch_stale = False
+        self.savepoint = False
+        self.backend_parked = False
+        self.block_clean = False
+
+    # -- making way, replaying, continuing a lost transaction ----------------------------
+
+    @property
+    def sid(self) -> int:
+        """The session's id for the OCC engine (the pid handed to the client)."""
+        return self.key[0]
+
+    @property
+    def backend_pid(self) -> int | None:
+        return self.backend.pid if self.backend is not None else None
+
+    def backend_idle(self) -> bool:
+        """Nothing of the client's or the endpoint's runs on the backend."""
+        return (self.backend is not None and not self._closed and not self.expect
+                and not self.busy and self._internal is None and not self._to_backend)
+
+    def lost(self) -> None:
+        """Another transaction won a conflict against this one (it committed first). This
+        one's COMMIT will fail; release its locks now rather than when someone waits."""
+        if self.backend_idle():
+            self.park()
+        else:
+            self.park_when_idle = True
+
+    def park(self) -> None:
+        """Release this transaction's locks for a session that waits on them (the lock
+        monitor asks): roll back to the block's savepoint, keeping its snapshot. The block
+        replays before it runs again (see dsqlkit.local.occ.engine)."""
+        if (not self.backend_idle() or not self.savepoint or self.txn_status != _IN_BLOCK
+                or self.backend_parked or self.scratch_stale):
+            return
+        self._spawn_busy(self._park())
+
+    async def _park(self) -> None:
+        await self._run_internal(_ROLLBACK_TO_TXN, 1)
+        if self.in_scratch:
+            self.scratch_stale = True
+        else:
+            self.backend_parked = True
+            self.server.engine.parked(self.sid)
+
+    def cancel_for_conflict(self) -> None:
+        """Cancel the running statement: it is part of a cycle of lock waits (or its
+        transaction has lost and must not hold up others); it gives way as a conflict."""
+        backend = self.backend
+        if backend is None or self._closed or (not self.expect and self._internal is None):
+            return
+        self.endpoint_cancel_at = time.monotonic()
+        self._spawn(send_cancel(self.server.backend_address(), backend.pid, backend.secret))
+
+    def _spawn_busy(self, coro: Any) -> None:
+        """Run endpoint work on the backend; client messages wait until it is done."""
+        self.busy = True
+        self._spawn(self._busy(coro))
+
+    async def _busy(self, coro: Any) -> None:
+        try:
+            await coro
+        except (ConnectionError, LocalEndpointError) as exc:
+            log.info("session ended during endpoint work on its backend: %s", exc)
+            self.close()
+        except Exception as exc:
+            self._internal_error(exc)
+        finally:
+            self.busy = False
+            if not self._closed:
+                if self.expired and self.txn_status == _IDLE and not self.held:
+                    self._end_for_age()
+                else:
+                    self._pump()
+
+    async def _replay(self) -> None:
+        """A parked block runs its statements again, in its own snapshot, before anything
+        else. It has lost if they fail (someone committed a row it wrote) or answer
+        differently from the first time (a volatile function, a key taken meanwhile)."""
+        payload, ready = self._log_payload()
+        same = True
+        if ready:
+            internal = await self._run_internal_full(payload, ready, hashed=True)
+            same = not internal.errors and internal.digest() == self.txn_hash.digest()
+        if same:
+            self.backend_parked = False
+            self.server.engine.replayed(self.sid)
+            return
+        log.debug("a parked transaction's replay differs: it has lost")
+        await self._run_internal(_ROLLBACK_TO_TXN, 1)
+        self.server.engine.lose(self.sid, Conflict.DATA)
+
+    async def _scratch_for_lost(self) -> None:
+        """A transaction that lost while parked goes on in a scratch transaction."""
+        await self._start_scratch()
+        self.backend_parked = False
+
+    def _log_payload(self) -> tuple[bytes, int]:
+        """The block's messages so far, to send again, and how many ReadyForQuery end them."""
+        parts: list[bytes] = []
+        ready = 0
+        last = wire.QUERY
+        for unit in self.txn_log:
+            for mtype, frame in unit:
+                # Prepared statements outlive a rollback: re-creating a named one would fail.
+                if (mtype == wire.PARSE and frame[5] != 0) or mtype == wire.CLOSE:
+                    continue
+                parts.append(frame)
+                last = mtype
+                if mtype in _ENDS_AT_READY:
+                    ready += 1
+        if parts and last not in _ENDS_AT_READY:
+            parts.append(wire.SYNC_MSG)
+            ready += 1
+        return b"".join(parts), ready
 
     # -- absorbing a conflict ----------------------------------------------------------
 
@@ -1236,11 +1517,11 @@ class Session:
         unit = self.unit_msgs
         expects = self.unit_expects
         try:
-            if not self.doomed:
+            if not self.in_scratch:
                 log.debug("conflict (%s): continuing in a scratch transaction",
                           self.conflict_state)
+                self.server.engine.lose(self.sid, Conflict.DATA)
                 await self._start_scratch()
-                self.doomed = True
                 if await self._run_again(unit, expects):
                     return
             # The unit waited on a lock in the scratch transaction: undo it to the savepoint
@@ -1267,28 +1548,19 @@ class Session:
         replay the block's earlier units in it so that it sees its own writes; if replaying
         fails (it may wait on the winner's locks), continue without them."""
         begin = (wire.query("ROLLBACK") + wire.query("BEGIN ISOLATION LEVEL READ COMMITTED")
-                 + wire.query(f"SET LOCAL lock_timeout = {_SCRATCH_LOCK_TIMEOUT_MS}"))
-        parts = [begin]
-        ready = 3
-        last = wire.QUERY
-        for unit in self.txn_log:
-            for mtype, frame in unit:
-                # Prepared statements outlive a rollback: re-creating a named one would fail.
-                if (mtype == wire.PARSE and frame[5] != 0) or mtype == wire.CLOSE:
-                    continue
-                parts.append(frame)
-                last = mtype
-                if mtype in _ENDS_AT_READY:
-                    ready += 1
-        if last not in _ENDS_AT_READY:
-            parts.append(wire.SYNC_MSG)
-            ready += 1
-        errors = await self._run_internal(b"".join(parts), ready)
+                 + wire.query(f"SET LOCAL lock_timeout = {_SCRATCH_LOCK_TIMEOUT_MS}")
+                 + _SAVEPOINT_TXN)
+        payload, ready = self._log_payload()
+        errors = await self._run_internal(begin + payload, 4 + ready)
         if errors:
             log.debug("replay failed (%s); the scratch transaction starts empty",
                       errors[0].get("C"))
-            await self._run_internal(begin, 3)
+            await self._run_internal(begin, 4)
         await self._run_internal(_SAVEPOINT_UNIT, 1)
+        self.in_scratch = True
+        self.scratch_stale = False
+        self.savepoint = True
+        self.backend_parked = False
 
     async def _run_again(self, unit: list[tuple[int, bytes]], expects: list[_Expect]) -> bool:
         """Send the unit again; its answer goes to the client. False on another conflict."""
@@ -1314,6 +1586,8 @@ class Session:
             parts.append(frame)
         self.expect.extend(expects)
         self.backend.link.write(b"".join(parts))
+        if not self._waiting:
+            self._start_waiting()
         return await self._rerun
 
     def _dry_unit(
@@ -1380,7 +1654,8 @@ class Session:
         that aborts the block (DSQL reports it at COMMIT; see docs/local.md)."""
         await self._run_internal(
             wire.query("ROLLBACK") + wire.query("BEGIN") + wire.query("SELECT 1/0"), 3)
-        self.doomed = False
+        self.in_scratch = False
+        self.savepoint = False
         self.txn_status = _FAILED
         self.rules.errored(_ANY_STATEMENT)
         out = [_OC000_FRAME]
@@ -1393,12 +1668,20 @@ class Session:
     async def _run_internal(self, payload: bytes, ready: int) -> list[dict[str, str]]:
         return (await self._run_internal_full(payload, ready)).errors
 
-    async def _run_internal_full(self, payload: bytes, ready: int) -> _Internal:
+    async def _run_internal_full(self, payload: bytes, ready: int, *,
+                                 hashed: bool = False) -> _Internal:
         assert self.backend is not None
-        internal = _Internal(ready)
+        internal = _Internal(ready, hashed=hashed)
         self._internal = internal
         self.backend.link.write(payload)
-        await internal.future
+        # The lock monitor watches the endpoint's own work too: a replay may wait on a lock.
+        if not self._waiting:
+            self._start_waiting()
+        try:
+            await internal.future
+        finally:
+            if not self.expect:
+                self._not_waiting()
         return internal
 
     # ------------------------------------------------------------ ending
@@ -1434,6 +1717,9 @@ class Session:
         self._not_waiting()
         if self._age_timer is not None:
             self._age_timer.cancel()
+        if self.key != (0, 0):
+            self.server.engine.forget(self.sid)
+            self.server.transaction_finished(self.sid)
         self.server.unregister(self)
         if self.backend is not None:
             self.backend.link.write(wire.TERMINATE_MSG)
@@ -1453,16 +1739,24 @@ class Session:
 class _Internal:
     """Collects the backend's answers to messages the endpoint sent on its own."""
 
-    def __init__(self, ready: int) -> None:
+    def __init__(self, ready: int, *, hashed: bool = False) -> None:
         self.ready = ready
         self.errors: list[dict[str, str]] = []
         # Raw values: replayed client statements may answer in binary format.
         self.rows: list[list[bytes | None]] = []
         self.future: asyncio.Future[list[dict[str, str]]] = (
             asyncio.get_running_loop().create_future())
+        # A replay's answers, digested as a recorded block's are (Session.txn_hash).
+        self._hash = hashlib.blake2b(digest_size=16) if hashed else None
+
+    def digest(self) -> bytes:
+        return self._hash.digest() if self._hash is not None else b""
 
     def feed(self, data: bytes, frames: list[tuple[int, int, int]]) -> None:
+        hashed = self._hash
         for mtype, start, end in frames:
+            if hashed is not None and mtype in _HASHED:
+                hashed.update(data[start:end])
             if mtype == wire.ERROR_RESPONSE:
                 self.errors.append(wire.parse_fields(data[start:end]))
             elif mtype == wire.DATA_ROW:
