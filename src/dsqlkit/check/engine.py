@@ -14,6 +14,7 @@ Modes (how the runner sends the file):
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -82,7 +83,7 @@ def _last(names: Sequence[object] | None) -> str:
 def parse_node(text: str) -> ast.Node | None:
     """The statement's parse tree (DSQL's ASYNC keyword blanked), None if it does not parse."""
     try:
-        raw = parser.parse_sql(_without_async(text))
+        raw = parser.parse_sql(_ASYNC.sub(r"\1", text, count=1))
     except parser.ParseError:
         return None
     if len(raw) != 1 or raw[0].stmt is None:
@@ -91,8 +92,10 @@ def parse_node(text: str) -> ast.Node | None:
     return node
 
 
-def _without_async(text: str) -> str:
-    return analyze(text).masked_text
+_ASYNC = re.compile(r"(?i)^(\s*create\s+(?:unique\s+)?index\s+|\s*alter\s+table\s+)async\b")
+# The statements whose tree the script-level rules read (what they create, whom they name).
+_SCRIPT_NODES = frozenset({"CreateDomainStmt", "CreateStmt", "ViewStmt", "CreateRoleStmt",
+                           "CreateEnumStmt", "AlterOwnerStmt", "GrantStmt"})
 
 
 def owner_roles(node: ast.Node | None) -> list[str]:
@@ -114,12 +117,21 @@ class Checked:
 
     statements: list[ScriptStatement]
     findings: list[list[tuple[str, Refusal, str]]]  # (rule, refusal, basis) per statement
+    nodes: dict[int, ast.Node | None] = field(default_factory=dict)
+
+    def node(self, index: int) -> ast.Node | None:
+        """The parse tree of statement ``index``, parsed once (libpg_query) and kept."""
+        if index not in self.nodes:
+            item = self.statements[index]
+            self.nodes[index] = None if item.stmt.unparsed else parse_node(item.text)
+        return self.nodes[index]
 
 
 def run_rules(statements: list[ScriptStatement], mode: Mode = "statement") -> Checked:
     rules = TransactionRules(age_limit=None)
     state = ScriptState()
     per_stmt: list[list[tuple[str, Refusal, str]]] = [[] for _ in statements]
+    checked = Checked(statements, per_stmt)
     if mode == "file":
         rules.completed(_BEGIN)
     if mode == "query":
@@ -141,7 +153,9 @@ def run_rules(statements: list[ScriptStatement], mode: Mode = "statement") -> Ch
                 rules.end_batch()
                 rules.begin_batch()
             continue
-        node = parse_node(stmt.text) if stmt.is_ddl or stmt.user_types else None
+        wanted = stmt.node in _SCRIPT_NODES or (
+            stmt.node == "AlterTableStmt" and "owner" in stmt.text.lower())
+        node = checked.node(index) if wanted else None
         found.extend((r, ref, "statement") for r, ref in stmt.all_refusals)
         found.extend(_script_refusals(stmt, node, state))
         state.note(node, refused=bool(found))
@@ -162,7 +176,7 @@ def run_rules(statements: list[ScriptStatement], mode: Mode = "statement") -> Ch
             split()
     if mode == "file":
         rules.check(_COMMIT)
-    return Checked(statements, per_stmt)
+    return checked
 
 
 def resplit(rules: TransactionRules, mode: Mode) -> bool:
@@ -238,5 +252,5 @@ def check_text(text: str, *, filename: str | None = None,
     from dsqlkit.check.fix import fix_checked
 
     checked = run_rules(split_script(text), mode)
-    result = fix_checked(text, checked, mode)
+    result = fix_checked(text, checked, mode, emit=False)
     return findings_of(checked, text, filename, result.labels)

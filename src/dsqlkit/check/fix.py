@@ -31,7 +31,7 @@ from pglast.enums import (
 )
 from pglast.stream import RawStream
 
-from dsqlkit.check.engine import Checked, Mode, parse_node, resplit
+from dsqlkit.check.engine import Checked, Mode, resplit
 from dsqlkit.check.findings import FIXABLE, NEEDS_REVIEW, UNFIXABLE, rule
 from dsqlkit.check.script import copy_rows
 from dsqlkit.local.dialect import (
@@ -83,6 +83,7 @@ class _Context:
     merged_into: dict[int, str] = field(default_factory=dict)
     commented: dict[str, set[str]] = field(default_factory=dict)
     enum_domains: set[str] = field(default_factory=set)
+    emit: bool = True
 
 
 def _sql(node: ast.Node) -> str:
@@ -109,15 +110,20 @@ def commented_out(text: str, why: str) -> str:
     return f"-- dsqlkit: needs review: {why}\n{body}"
 
 
-def fix_checked(text: str, checked: Checked, mode: Mode = "statement") -> FixResult:
-    ctx = _Context(mode, checked)
+def fix_checked(text: str, checked: Checked, mode: Mode = "statement", *,
+                emit: bool = True) -> FixResult:
+    """The rewritten script and the label of every finding; ``emit=False`` only labels."""
+    ctx = _Context(mode, checked, emit=emit)
     _plan_merges(ctx)
     replacements: list[tuple[int, int, list[str]]] = []
     result = FixResult(text)
     for index, item in enumerate(checked.statements):
         found = checked.findings[index]
         rules_here = {name for name, _, _ in found}
-        node = parse_node(item.text) if not item.stmt.unparsed else None
+        needed = bool(found) or item.stmt.node in ("CreateStmt", "CreateEnumStmt") or (
+            item.stmt.node in ("CopyStmt", "IndexStmt") and bool(ctx.jsonb_arrays or ctx.money)
+        ) or (item.stmt.node in _FOLLOWERS and bool(ctx.commented))
+        node = checked.node(index) if needed else None
         out: list[str] | None
         notes: list[Note] = []
         if index in ctx.merged_into:
@@ -127,6 +133,10 @@ def fix_checked(text: str, checked: Checked, mode: Mode = "statement") -> FixRes
                               f"merged into CREATE TABLE {ctx.merged_into[index]}"))
         elif node is None:
             out = None
+            if item.copy_data is not None and (
+                    "row-limit" in rules_here or len(item.copy_data) > ROW_LIMIT * 2):
+                out = _rewrite_copy(checked.node(index), item.text, rules_here, ctx, notes,
+                                    item.copy_data)
         else:
             out = _rewrite(node, item.text, rules_here, ctx, notes, item.copy_data)
             _record_columns(node if out is None else None, ctx)
@@ -152,11 +162,14 @@ def fix_checked(text: str, checked: Checked, mode: Mode = "statement") -> FixRes
                 unhandled = out is None and name not in _SPLIT_RULES
                 result.labels[(index, name)] = (
                     UNFIXABLE if unhandled else default.label, default.hint)
-    result.text = _emit(text, replacements, ctx)
+    if emit:
+        result.text = _emit(text, replacements, ctx)
     return result
 
 
 _SEVERITY = [FIXABLE, NEEDS_REVIEW, UNFIXABLE]
+# Statements about an object, which fail when the object's CREATE was commented out.
+_FOLLOWERS = frozenset({"CommentStmt", "AlterOwnerStmt", "AlterFunctionStmt"})
 # Rules the output sequencing settles (transactions split), whatever the statement's rewrite.
 _SPLIT_RULES = frozenset({"multiple-ddl", "ddl-dml-mix"})
 
@@ -172,12 +185,12 @@ def _plan_merges(ctx: _Context) -> None:
     created: dict[str, int] = {}
     for index, item in enumerate(ctx.checked.statements):
         if item.stmt.node == "CreateStmt":
-            node = parse_node(item.text)
+            node = ctx.checked.node(index)
             if isinstance(node, ast.CreateStmt):
                 created[_rel(node.relation)] = index
-        if item.stmt.node != "AlterTableStmt":
+        if item.stmt.node != "AlterTableStmt" or not ctx.checked.findings[index]:
             continue
-        node = parse_node(item.text)
+        node = ctx.checked.node(index)
         if not isinstance(node, ast.AlterTableStmt) or len(node.cmds or ()) != 1:
             continue
         cmd = (node.cmds or (None,))[0]
@@ -209,8 +222,13 @@ def _rewrite(node: ast.Node, text: str, rules_here: set[str], ctx: _Context, not
     if "undefined-type" in rules_here and _names_enum_domains(text, ctx):
         notes.append(Note("undefined-type", NEEDS_REVIEW, "the enum type became a domain above"))
         rules_here = rules_here - {"undefined-type"}
-    if not rules_here:
-        return None
+    if isinstance(node, ast.IndexStmt) and any(
+            p.name in ctx.jsonb_arrays.get(_rel(node.relation), set())
+            for p in node.indexParams or () if isinstance(p, ast.IndexElem)):
+        # The column became jsonb above, which DSQL cannot index.
+        rules_here = rules_here | {"index-type"}
+    if not rules_here - _SPLIT_RULES:
+        return None  # the output sequencing splits its transaction; the statement stays
     if "undefined-role" in rules_here:
         notes.append(Note("undefined-role", NEEDS_REVIEW, rule("undefined-role").hint))
         return [commented_out(text, "the role is not created by this script")]
@@ -718,7 +736,7 @@ def _record_columns(node: ast.Node | None, ctx: _Context) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _rewrite_copy(node: ast.Node, text: str, rules_here: set[str], ctx: _Context,
+def _rewrite_copy(node: ast.Node | None, text: str, rules_here: set[str], ctx: _Context,
                   notes: list[Note], data: str) -> list[str] | None:
     if not isinstance(node, ast.CopyStmt) or node.relation is None:
         return None
@@ -732,7 +750,8 @@ def _rewrite_copy(node: ast.Node, text: str, rules_here: set[str], ctx: _Context
     csv = any(isinstance(o, ast.DefElem) and o.defname == "format"
               and str(getattr(o.arg, "sval", "")).lower() == "csv" for o in node.options or ())
     if (convert or money) and not csv:
-        rows = [_convert_row(r, convert, money) for r in rows]
+        if ctx.emit:
+            rows = [_convert_row(r, convert, money) for r in rows]
         notes.append(Note("column-type", NEEDS_REVIEW, "array values in the COPY data are written "
                           "as JSON arrays, money values as plain numbers"))
     if not (convert or money) and len(rows) <= ROW_LIMIT and "row-limit" not in rules_here:
@@ -819,7 +838,9 @@ def _emit(text: str, replacements: list[tuple[int, int, list[str]]], ctx: _Conte
         emitted: list[str] = []
         for statement in out:
             head = statement.split("\n\\.")[0]
-            for stmt in analyze(head).statements:
+            analyzed = ((item.stmt,) if item.start not in by_start
+                        else analyze(head).statements)
+            for stmt in analyzed:
                 if stmt.kind == "empty" or stmt.unparsed:
                     continue
                 # Only the transaction rules matter here: a statement left unfixable is judged
