@@ -27,7 +27,8 @@ from dsqlkit.local.jobs import JobRunner
 from dsqlkit.local.link import Link
 from dsqlkit.local.occ.engine import Conflict, Engine, SchemaMode
 from dsqlkit.local.occ.monitor import LockMonitor
-from dsqlkit.local.session import Refusal, Session
+from dsqlkit.local.session import Session
+from dsqlkit.local.startup import Refusal
 from dsqlkit.local.tls import ALPN
 
 log = logging.getLogger(__name__)
