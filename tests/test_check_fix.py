@@ -234,3 +234,14 @@ def test_our_fix_leaves_fewer_refusals_than_dsql_lint(paths: list[Path], tmp_pat
     theirs = verify(lint, "statement")
     ours = verify([fixed(p.read_text()) for p in paths], "statement")
     assert len(ours) < len(theirs), (ours, theirs)
+
+
+def test_an_index_before_its_table_moves_after_it() -> None:
+    text = ("CREATE INDEX t_b ON public.t USING btree (b);\n"
+            "CREATE TABLE public.\"t\" (id int PRIMARY KEY, b int);\n")
+    (finding, other) = sorted(check_sql(text), key=lambda f: f.rule)
+    assert (finding.rule, finding.sqlstate, finding.label) == (
+        "index-before-table", "42P01", FIXABLE)
+    assert other.rule == "sync-index"
+    assert statements(fixed(text)) == ['CREATE TABLE public."t" (id int PRIMARY KEY, b int)',
+                                       "CREATE INDEX ASYNC t_b ON public.t (b)"]

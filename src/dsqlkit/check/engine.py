@@ -55,8 +55,13 @@ class ScriptState:
     enum_types: set[str] = field(default_factory=set)
     roles: set[str] = field(default_factory=set)
     columns: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Tables a later statement of the script creates (an index on one fails before then).
+    created_later: set[str] = field(default_factory=set)
 
     def note(self, node: ast.Node | None, *, refused: bool) -> None:
+        if isinstance(node, ast.CreateStmt) and node.relation is not None:
+            # Passed, refused or not: what fails on it later follows from its own finding.
+            self.created_later.discard(node.relation.relname or "")
         if isinstance(node, ast.CreateEnumStmt):
             self.enum_types.add(_last(node.typeName))
             return
@@ -132,6 +137,10 @@ def run_rules(statements: list[ScriptStatement], mode: Mode = "statement") -> Ch
     state = ScriptState()
     per_stmt: list[list[tuple[str, Refusal, str]]] = [[] for _ in statements]
     checked = Checked(statements, per_stmt)
+    for index, item in enumerate(statements):
+        node = checked.node(index) if item.stmt.node == "CreateStmt" else None
+        if isinstance(node, ast.CreateStmt) and node.relation is not None:
+            state.created_later.add(node.relation.relname or "")
     if mode == "file":
         rules.completed(_BEGIN)
     if mode == "query":
@@ -204,6 +213,11 @@ def _script_refusals(stmt: Statement, node: ast.Node | None,
             found.append(("undefined-type",
                           Refusal("42704", f'type "{".".join(names)}" does not exist'), "script"))
             break
+    if stmt.index_columns is not None and stmt.index_columns[0].name in state.created_later:
+        # pg_dump never does this, hand-ordered scripts do: DSQL looks the table up at once.
+        name = stmt.index_columns[0].name
+        found.append(("index-before-table", Refusal("42P01", f'relation "{name}" does not exist'),
+                      "script"))
     if stmt.index_columns is not None:
         relation, columns = stmt.index_columns
         types = state.columns.get(relation.name, {})

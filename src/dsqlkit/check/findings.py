@@ -166,6 +166,7 @@ RULES: Final[dict[str, Rule]] = {
     "undefined-role": _R(NEEDS_REVIEW, "the script never creates this role; --fix comments the "
                          "OWNER TO / GRANT out (objects stay owned by the role that runs the "
                          "script), or create the role and its AWS IAM GRANT first"),
+    "index-before-table": _R(FIXABLE, "the index is moved after its table's CREATE TABLE"),
     "index-type": _R(NEEDS_REVIEW, "DSQL cannot index this column type; --fix comments the index "
                      "out"),
     "unexpected": _R(UNFIXABLE, "the checker did not predict this; see the message"),

@@ -84,6 +84,8 @@ class _Context:
     commented: dict[str, set[str]] = field(default_factory=dict)
     enum_domains: set[str] = field(default_factory=set)
     emit: bool = True
+    created_at: dict[str, int] = field(default_factory=dict)
+    deferred: dict[int, list[str]] = field(default_factory=dict)
 
 
 def _sql(node: ast.Node) -> str:
@@ -140,6 +142,18 @@ def fix_checked(text: str, checked: Checked, mode: Mode = "statement", *,
         else:
             out = _rewrite(node, item.text, rules_here, ctx, notes, item.copy_data)
             _record_columns(node if out is None else None, ctx)
+        if "index-before-table" in rules_here and isinstance(node, ast.IndexStmt):
+            target = ctx.created_at.get(_rel(node.relation))
+            if target is not None and target > index:
+                moved = out if out is not None else [item.text.rstrip().rstrip(";") + ";"]
+                ctx.deferred.setdefault(target, []).extend(moved)
+                out = [f"-- dsqlkit: moved after CREATE TABLE {_rel(node.relation)}: "
+                       + " ".join(item.text.split())]
+                notes.append(Note("index-before-table", FIXABLE,
+                                  rule("index-before-table").hint))
+        if index in ctx.deferred:
+            out = (out if out is not None else [item.text.rstrip().rstrip(";") + ";"]) + \
+                ctx.deferred.pop(index)
         end = item.end
         if item.copy_data is not None:
             end = _copy_block_end(text, item.copy_data_start + len(item.copy_data))
@@ -201,6 +215,7 @@ def _plan_merges(ctx: _Context) -> None:
                 and not cmd.def_.indexname and table in created):
             ctx.merged.setdefault(table, []).append(cmd.def_)
             ctx.merged_into[index] = table
+    ctx.created_at = created
 
 
 # ---------------------------------------------------------------------------------------------
