@@ -157,6 +157,10 @@ def fix_checked(text: str, checked: Checked, mode: Mode = "statement", *,
         end = item.end
         if item.copy_data is not None:
             end = _copy_block_end(text, item.copy_data_start + len(item.copy_data))
+        review = [n.hint for n in notes if n.label == NEEDS_REVIEW]
+        if out and review and not out[0].startswith("-- dsqlkit: needs review"):
+            # A rewrite that changes meaning says so where it stands, not only in the report.
+            out = [f"-- dsqlkit: needs review: {'; '.join(dict.fromkeys(review))}", *out]
         if out is not None:
             if item.copy_data is None and text[end:end + 1] == ";":
                 end += 1
