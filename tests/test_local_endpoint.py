@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import shutil
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -150,7 +151,8 @@ def _drop_param(token: str, name: str) -> str:
         ("missing_signature", "missing parameter X-Amz-Signature"),
         ("garbage", "malformed token"),
         ("unknown_key", "security token included in the request is invalid"),
-        ("too_long_expiry", "X-Amz-Expires must be between 1 and 604800"),
+        # The official connector's suite (green on DSQL) expects these words.
+        ("too_long_expiry", "X-Amz-Expires must be less than a week (in seconds)"),
     ],
 )
 def test_bad_tokens_rejected(dsql_local: LocalDSQL, case: str, hint: str) -> None:
@@ -171,7 +173,7 @@ def test_bad_tokens_rejected(dsql_local: LocalDSQL, case: str, hint: str) -> Non
         "unknown_key": lambda: sigv4.presign_token(
             "localhost", ep.region, sigv4.Credentials("AKIAUNKNOWN000000000", "s3cr3t"),
             action="DbConnectAdmin"),
-        "too_long_expiry": lambda: _botocore_token(ep, admin=True, expires=700_000),
+        "too_long_expiry": lambda: _botocore_token(ep, admin=True, expires=604_801),
     }
     message = connect_error(ep, password=tokens[case]())
     assert ACCESS_DENIED in message
@@ -194,8 +196,41 @@ async def test_rejection_sqlstate_is_08006(dsql_local: LocalDSQL) -> None:
 
 
 def test_plaintext_refused(dsql_local: LocalDSQL) -> None:
-    assert "unable to accept connection, SSL is required" in connect_error(
+    """libpq's sslmode=disable: 08P01 with "SSL is mandatory", as the official connector's
+    suite (green on DSQL) expects."""
+    assert "unable to accept connection, SSL is mandatory" in connect_error(
         dsql_local, sslmode="disable")
+    # libpq does not report a startup failure's SQLSTATE: read the answer off the wire.
+    with socket.create_connection(("127.0.0.1", dsql_local.port), timeout=10) as sock:
+        sock.sendall(wire.startup_message({"user": "admin", "database": "postgres"}))
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    assert data[:1] == b"E"
+    fields = wire.parse_fields(data)
+    assert (fields["S"], fields["C"]) == ("FATAL", "08P01")
+
+
+async def test_plaintext_refused_asyncpg(dsql_local: LocalDSQL) -> None:
+    """asyncpg's ssl=False: a ProtocolViolationError whose message says SSL is mandatory."""
+    with pytest.raises(asyncpg.ProtocolViolationError) as info:
+        await asyncpg.connect(
+            host="localhost", port=dsql_local.port, user="admin", database="postgres",
+            password=dsql_local.token(), ssl=False,
+        )
+    assert "SSL is mandatory" in info.value.args[0]
+
+
+async def test_unknown_role_is_a_protocol_violation(dsql_local: LocalDSQL) -> None:
+    """An unknown role: 08P01 (asyncpg's ProtocolViolationError), DSQL's hint kept."""
+    with pytest.raises(asyncpg.ProtocolViolationError) as info:
+        await asyncpg.connect(
+            host="localhost", port=dsql_local.port, user="nonexistent_user",
+            database="postgres", password=dsql_local.token(user="nonexistent_user"),
+            ssl=_asyncpg_ssl(dsql_local),
+        )
+    assert info.value.sqlstate == "08P01"
+    assert info.value.hint == "Role nonexistent_user does not exist"
 
 
 def test_missing_sni_refused(dsql_local: LocalDSQL) -> None:

@@ -173,7 +173,7 @@ def test_plaintext_garbage_and_silent_clients(dsql_local: LocalDSQL) -> None:
     s = socket.create_connection(("127.0.0.1", dsql_local.port), timeout=10)
     s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     err = _fatal(_read_all(s))
-    assert err["C"] == "08006"
+    assert err["C"] == "08P01"
     silent = [socket.create_connection(("127.0.0.1", dsql_local.port)) for _ in range(20)]
     time.sleep(0.2)
     with psycopg.connect(dsql_local.dsn()) as conn:

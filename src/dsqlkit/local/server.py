@@ -261,10 +261,20 @@ class Server:
                     data += chunk
                 await self.cancel(*wire.parse_cancel(data))
                 return
-            # Plaintext startup: DSQL rejects connections without TLS.
+            # Plaintext startup: DSQL rejects connections without TLS, with 08P01 and "SSL is
+            # mandatory" (what the official connector's suite, green on DSQL, expects).
             self.stats["plaintext"] += 1
+            # Read the startup packet first: closing with it unread would reset the
+            # connection, and the client could lose the answer.
+            remaining = length if code >> 16 == 3 and length <= wire.MAX_STARTUP else 0
+            with contextlib.suppress(asyncio.TimeoutError):
+                while remaining > 0:
+                    chunk = await asyncio.wait_for(loop.sock_recv(sock, remaining), timeout)
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
             await loop.sock_sendall(sock, Refusal(
-                "08006", "unable to accept connection, SSL is required").frame())
+                "08P01", "unable to accept connection, SSL is mandatory").frame())
             return
 
     def _admission(self) -> Refusal | None:

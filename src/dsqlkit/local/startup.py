@@ -54,7 +54,10 @@ def _role_refusal(user: str, exc: BackendRefused) -> Exception:
     """DSQL's answer when the backend refuses a role: it does not exist or cannot log in."""
     message = exc.fields.get("M", "")
     if exc.fields.get("C") == "28000" and "does not exist" in message:
-        return access_denied(f"Role {user} does not exist")
+        # 08P01, not 08006: the official connector's suite (green on DSQL) expects asyncpg's
+        # ProtocolViolationError for an unknown role.
+        return Refusal("08P01", "unable to accept connection, access denied",
+                       hint=f"Role {user} does not exist")
     if exc.fields.get("C") == "28000" and "not permitted to log in" in message:
         return access_denied(f"role {user} must have the LOGIN attribute")
     return exc
