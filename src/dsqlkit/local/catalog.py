@@ -152,19 +152,102 @@ BOOTSTRAP = [
               start_time, update_time
          FROM sys.dsqlkit_jobs""",
     "GRANT SELECT ON sys.jobs TO PUBLIC",
-    """CREATE OR REPLACE FUNCTION sys.dsqlkit_submit_job(
-         id text, kind text, statement text, object_name text, relation text) RETURNS text
+    # What the submission did (prepared): 'built', the index exists (invalid until the job
+    # marks it valid); 'exists', IF NOT EXISTS found one; NULL, the job runs the statement.
+    "ALTER TABLE sys.dsqlkit_jobs ADD COLUMN IF NOT EXISTS prepared text",
+    # The role that submitted the job: the runner runs the statement as that role.
+    "ALTER TABLE sys.dsqlkit_jobs ADD COLUMN IF NOT EXISTS submitted_by name",
+    # The bookkeeping half of a submission, privileged so that any role can record its job.
+    # It marks an index invalid only on a table the caller's role owns, and only an index
+    # that is valid now (so a broken one can never be made valid by its job).
+    """CREATE OR REPLACE FUNCTION sys.dsqlkit_record_job(
+         id text, kind text, statement text, object_name text, relation text,
+         prepared text, index_oid oid) RETURNS void
        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
        BEGIN
+         IF prepared IS NOT NULL AND NOT EXISTS (
+              SELECT FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid
+               WHERE i.indexrelid = index_oid AND pg_has_role(session_user, t.relowner, 'USAGE')
+                 AND (prepared <> 'built' OR (i.indisvalid AND i.indisready))) THEN
+           RAISE EXCEPTION USING ERRCODE = '42501',
+             MESSAGE = 'must be owner of the index''s table';
+         END IF;
+         IF prepared = 'built' THEN
+           UPDATE pg_index SET indisvalid = false WHERE indexrelid = index_oid;
+         END IF;
          -- DSQL purges finished jobs after 30 minutes.
          DELETE FROM sys.dsqlkit_jobs WHERE status IN ('completed', 'failed')
            AND update_time < now() - interval '30 minutes';
          INSERT INTO sys.dsqlkit_jobs (job_id, job_type, statement, object_name, relation,
-                                       class_id)
-           VALUES (id, kind, statement, object_name, relation, 1259);
+                                       class_id, object_id, prepared, submitted_by)
+           VALUES (id, kind, statement,
+                   coalesce((SELECT relname FROM pg_class WHERE oid = index_oid), object_name),
+                   relation, 1259, index_oid, prepared, session_user);
          PERFORM pg_notify('dsqlkit_jobs', id);
+       END $$""",
+    # CREATE INDEX ASYNC: DSQL lists the index in the catalog as soon as the statement's
+    # transaction commits (invalid until built). The index is built here, in the statement's
+    # own transaction and as the caller (an invoker's function: the caller's privileges and
+    # search_path), then marked invalid; the job marks it valid. When the build fails (a
+    # duplicate key, a missing column...), the job builds it with CREATE INDEX CONCURRENTLY
+    # and reports the failure as DSQL does. Notices (IF NOT EXISTS) stay out of the answer.
+    # A build here holds a SHARE lock on the table until the transaction ends: writers wait
+    # for it, as they would for a plain CREATE INDEX (see docs/local.md).
+    """CREATE OR REPLACE FUNCTION sys.dsqlkit_submit_job(
+         id text, kind text, statement text, object_name text, relation text) RETURNS text
+       LANGUAGE plpgsql SECURITY INVOKER SET client_min_messages = warning AS $$
+       DECLARE
+         rel regclass;
+         existing oid[];
+         made oid;
+         found oid;
+         prepared text;
+       BEGIN
+         -- dsqlkit.inline_index_builds = off (set on a role or the database, in the
+         -- backend) leaves every build to the job, as CREATE INDEX CONCURRENTLY.
+         IF kind = 'INDEX_BUILD' AND coalesce(nullif(pg_catalog.current_setting(
+              'dsqlkit.inline_index_builds', true), ''), 'on') <> 'off' THEN
+           rel := pg_catalog.to_regclass(relation);
+         END IF;
+         IF rel IS NOT NULL THEN
+           existing := ARRAY(SELECT i.indexrelid FROM pg_catalog.pg_index i
+                              WHERE i.indrelid = rel);
+           BEGIN
+             EXECUTE pg_catalog.regexp_replace(statement, '\\mCONCURRENTLY\\M', '', 'i');
+             SELECT i.indexrelid INTO made FROM pg_catalog.pg_index i
+              WHERE i.indrelid = rel AND i.indexrelid <> ALL (existing);
+             IF made IS NOT NULL THEN
+               prepared := 'built';
+             ELSE
+               SELECT c.oid INTO found FROM pg_catalog.pg_class c JOIN pg_catalog.pg_index i
+                   ON i.indexrelid = c.oid
+                WHERE i.indrelid = rel AND c.relname = object_name;
+               prepared := CASE WHEN found IS NOT NULL THEN 'exists' END;
+             END IF;
+           EXCEPTION
+             WHEN insufficient_privilege THEN RAISE;
+             WHEN OTHERS THEN
+               made := NULL;
+               prepared := NULL;
+           END;
+         END IF;
+         PERFORM sys.dsqlkit_record_job(id, kind, statement, object_name, relation, prepared,
+                                        coalesce(made, found));
          RETURN id;
        END $$""",
+    """CREATE OR REPLACE FUNCTION sys.current_session_id() RETURNS text
+       LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+       -- DSQL's session id, read as text by every client of it; 26 characters of the
+       -- alphabet of DSQL's other ids, derived from what makes a backend session unique.
+       SELECT string_agg(substr('abcdefghijklmnopqrstuvwxyz234567', get_byte(h, i) % 32 + 1, 1),
+                         '' ORDER BY i)
+         FROM (SELECT sha256(convert_to(format('%s/%s/%s', pg_backend_pid(),
+                 (SELECT extract(epoch FROM a.backend_start)
+                    FROM pg_stat_get_activity(pg_backend_pid()) a),
+                 extract(epoch FROM pg_postmaster_start_time())), 'UTF8')) AS h) AS s,
+              generate_series(0, 25) AS i
+       $$""",
+    "GRANT EXECUTE ON FUNCTION sys.current_session_id() TO PUBLIC",
     # DSQL's procedure: CALL sys.wait_for_job('id') waits and says whether the job succeeded.
     # Committing between polls gives each poll a fresh snapshot.
     """CREATE OR REPLACE PROCEDURE sys.wait_for_job(job_id text, INOUT succeeded boolean

@@ -8,6 +8,12 @@ LISTENs, claims each job (one runner wins even when several endpoints share a ba
 it on its own connection — an index build as ``CREATE INDEX CONCURRENTLY``, so that
 ``pg_index.indisvalid`` stays false until it is done, as on DSQL — and records the outcome.
 ``CALL sys.wait_for_job(id)`` (a procedure in the backend) polls ``sys.jobs``.
+
+An index build is usually done already when its job starts: ``sys.dsqlkit_submit_job`` builds
+the index in the submitting transaction and marks it invalid, so that the catalog lists it as
+soon as that transaction commits, as DSQL's does; the job then only marks it valid. Statements
+the runner does run (a build that failed at submission, a VALIDATE) run one at a time, as the
+role that submitted them: two ``CREATE INDEX CONCURRENTLY`` at once on one table can deadlock.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import logging
 from collections.abc import Callable
 
 import psycopg
+from psycopg import sql
 
 from dsqlkit.local.backend import BackendAddress
 
@@ -42,6 +49,7 @@ class JobRunner:
         self.min_duration = min_duration
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._one_at_a_time = asyncio.Lock()
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._listen_forever())
@@ -92,19 +100,22 @@ class JobRunner:
             cur = await conn.execute(
                 "UPDATE sys.dsqlkit_jobs SET status = 'processing', update_time = now() "
                 "WHERE job_id = %s AND status = 'submitted' "
-                "RETURNING job_type, statement, object_name, relation",
+                "RETURNING job_type, statement, object_name, relation, prepared, object_id, "
+                "submitted_by",
                 [job_id],
             )
             row = await cur.fetchone()
             if row is None:
                 return  # another runner has it
-            job_type, statement, object_name, relation = row
+            job_type, statement, object_name, relation, prepared, object_id, role = row
             started = asyncio.get_running_loop().time()
-            status, details, object_id = "completed", None, None
+            status, details = "completed", None
             try:
-                await conn.execute(statement)
-                object_id, object_name = await self._object(conn, job_type, object_name,
-                                                            relation)
+                if prepared is None:
+                    async with self._one_at_a_time:
+                        await self._as_role(conn, role, statement)
+                    object_id, object_name = await self._object(conn, job_type, object_name,
+                                                                relation)
             except psycopg.Error as exc:
                 status = "failed"
                 details = (DUPLICATE_KEY_DETAILS if exc.sqlstate == "23505"
@@ -113,14 +124,33 @@ class JobRunner:
             remaining = self.min_duration - (asyncio.get_running_loop().time() - started)
             if remaining > 0:
                 await asyncio.sleep(remaining)
-            await conn.execute(
-                "UPDATE sys.dsqlkit_jobs SET status = %s, details = %s, object_id = %s, "
-                "object_name = coalesce(%s, object_name), update_time = now() "
-                "WHERE job_id = %s",
-                [status, details, object_id, object_name, job_id],
-            )
+            async with conn.transaction():
+                if prepared == "built":
+                    # Built at submission, maintained since: now it may serve queries.
+                    await conn.execute(
+                        "UPDATE pg_index SET indisvalid = true WHERE indexrelid = %s "
+                        "AND indisready", [object_id])
+                await conn.execute(
+                    "UPDATE sys.dsqlkit_jobs SET status = %s, details = %s, object_id = %s, "
+                    "object_name = coalesce(%s, object_name), update_time = now() "
+                    "WHERE job_id = %s",
+                    [status, details, object_id, object_name, job_id],
+                )
         # A finished build changes the catalog: other sessions may see OC001, as on DSQL.
         self.on_finished()
+
+    @staticmethod
+    async def _as_role(conn: psycopg.AsyncConnection[tuple[object, ...]], role: str | None,
+                       statement: str) -> None:
+        """Run ``statement`` with the privileges of the role that submitted it."""
+        if role is None:  # submitted before roles were recorded
+            await conn.execute(statement)
+            return
+        await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.execute("RESET ROLE")
 
     @staticmethod
     async def _object(
