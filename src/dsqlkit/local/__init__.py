@@ -127,9 +127,22 @@ class LocalDSQL:
         rules: bool = True,
         transaction_age_limit: float = 300.0,
         use_uvloop: bool = True,
+        cluster_id: str | None = None,
+        etc_hosts: str | os.PathLike[str] | None = None,
     ) -> None:
         if ephemeral and data_dir is not None:
             raise LocalEndpointError("pass either data_dir or ephemeral=True, not both")
+        from dsqlkit.config import is_cluster_id
+
+        if cluster_id is not None and not is_cluster_id(cluster_id):
+            raise LocalEndpointError(
+                f"cluster id {cluster_id!r} is not a DSQL cluster id: 26 characters of a-z "
+                "and 0-9")
+        # None: the data directory's id (a new random one for an ephemeral endpoint).
+        self.requested_cluster_id = cluster_id
+        # A hosts file that gets the cluster's name while the endpoint runs (hosts.py).
+        self.etc_hosts = etc_hosts
+        self._hosts_entry: Any = None
         self._tmp: str | None = None
         if ephemeral:
             self._tmp = tempfile.mkdtemp(prefix="dsqlkit-local-")
@@ -177,6 +190,8 @@ class LocalDSQL:
 
     @property
     def cluster_id(self) -> str:
+        if self.requested_cluster_id is not None:
+            return self.requested_cluster_id
         assert self.state is not None, "start() the endpoint first"
         return self.state.cluster_id
 
@@ -204,6 +219,17 @@ class LocalDSQL:
     def ca_path(self) -> str:
         return str(self.data_dir / "tls" / "ca.pem")
 
+    @property
+    def ca_bundle_path(self) -> str:
+        """The system's trusted CAs plus the endpoint's CA, for clients that trust the system
+        store (``sslrootcert=system``, asyncpg's ``ssl=True``, requests): written at start."""
+        return str(self.data_dir / "tls" / "ca-bundle.pem")
+
+    @property
+    def hosts_line(self) -> str:
+        """The hosts-file line that sends the cluster's name to this endpoint."""
+        return f"127.0.0.1 {self.hostname}"
+
     # ------------------------------------------------------------ connecting
 
     def token(self, user: str = "admin", *, expires_in: int = 900, host: str | None = None) -> str:
@@ -228,6 +254,12 @@ class LocalDSQL:
                 f"?region={self.region}&sslrootcert={quote(self.ca_path)}")
 
     def env(self) -> dict[str, str]:
+        """What DSQL clients read from their environment, for this endpoint: the AWS
+        credentials and region that sign tokens it accepts, libpq's ``PG*``, the cluster
+        endpoint and user the official samples and suites read, and CA files for clients
+        that trust the system store (``SSL_CERT_FILE``: OpenSSL, hence libpq's
+        ``sslrootcert=system``, Python's ``ssl``, Go; ``REQUESTS_CA_BUNDLE``: requests;
+        ``NODE_EXTRA_CA_CERTS``: Node; ``SSL_CERT_PATH``: the Python connector's suite)."""
         creds = self.credentials
         env = {
             "AWS_ACCESS_KEY_ID": creds.access_key,
@@ -240,6 +272,13 @@ class LocalDSQL:
             "PGDATABASE": "postgres",
             "PGSSLMODE": "verify-full",
             "PGSSLROOTCERT": self.ca_path,
+            "CLUSTER_ENDPOINT": self.hostname,
+            "CLUSTER_USER": "admin",
+            "REGION": self.region,
+            "SSL_CERT_FILE": self.ca_bundle_path,
+            "REQUESTS_CA_BUNDLE": self.ca_bundle_path,
+            "NODE_EXTRA_CA_CERTS": self.ca_path,
+            "SSL_CERT_PATH": self.ca_path,
         }
         if creds.session_token:
             env["AWS_SESSION_TOKEN"] = creds.session_token
@@ -294,6 +333,7 @@ class LocalDSQL:
         try:
             self.state = EndpointState.load_or_create(self.data_dir)
             ensure_tls(self.data_dir / "tls", list(self.hostnames))
+            write_ca_bundle(Path(self.ca_path), Path(self.ca_bundle_path))
             if self.backend_url_arg:
                 self._address = BackendAddress.from_url(self.backend_url_arg)
             else:
@@ -307,6 +347,11 @@ class LocalDSQL:
                 self._address = self.postgres.start()
             catalog.bootstrap(self._address)
             self._start_server()
+            if self.etc_hosts is not None:
+                from dsqlkit.local.hosts import HostsEntry
+
+                self._hosts_entry = HostsEntry(self.hostname, self.etc_hosts)
+                self._hosts_entry.add()
         except BaseException:
             self.stop()
             raise
@@ -387,6 +432,9 @@ class LocalDSQL:
         self.postgres.kill()
 
     def stop(self) -> None:
+        if self._hosts_entry is not None:
+            self._hosts_entry.remove()
+            self._hosts_entry = None
         loop, thread = self._loop, self._thread
         if loop is not None and thread is not None and thread.is_alive():
             loop.call_soon_threadsafe(loop.stop)
@@ -465,6 +513,45 @@ def _schema_mode(value: bool | str) -> SchemaMode:
         return "strict"
     raise LocalEndpointError(
         f"schema_conflicts must be 'relation', 'strict', 'off' or a bool, not {value!r}")
+
+
+# Where distributions keep the system's CA bundle, when Python's ssl module does not say.
+_SYSTEM_CA_FILES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
+    "/etc/ssl/cert.pem",  # macOS, BSDs
+    "/etc/ssl/ca-bundle.pem",  # openSUSE
+)
+
+
+def system_ca_file() -> str | None:
+    """The CA bundle clients of this machine trust: ``SSL_CERT_FILE`` if set, else OpenSSL's
+    default file, else a distribution's."""
+    import ssl
+
+    paths = ssl.get_default_verify_paths()
+    for candidate in (os.environ.get("SSL_CERT_FILE"), paths.cafile, paths.openssl_cafile,
+                      *_SYSTEM_CA_FILES):
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def write_ca_bundle(ca: Path, bundle: Path) -> None:
+    """``bundle`` = the system's CAs + the endpoint's ``ca`` (rewritten only when it changes;
+    a bundle that is itself the system file is not included twice)."""
+    system = system_ca_file()
+    parts = []
+    if system and os.path.realpath(system) != os.path.realpath(bundle):
+        parts.append(Path(system).read_bytes().rstrip(b"\n") + b"\n")
+    parts.append(ca.read_bytes())
+    data = b"".join(parts)
+    if bundle.exists() and bundle.read_bytes() == data:
+        return
+    tmp = bundle.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, bundle)
 
 
 def _libpq_quote(value: str) -> str:

@@ -10,8 +10,61 @@ import time
 
 from dsqlkit.errors import ConfigError, LocalEndpointError
 
+RUN_HELP = ("start the endpoint, run COMMAND with everything a DSQL client reads in its "
+            "environment, stop the endpoint, exit with COMMAND's status")
+
 
 def configure(p: argparse.ArgumentParser) -> None:
+    _endpoint_options(p)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the connection details as one JSON line (for scripts)",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="start, connect over TLS with an IAM token, run a query, stop",
+    )
+    sub = p.add_subparsers(dest="local_action", metavar="ACTION")
+    r = sub.add_parser("run", help=RUN_HELP, description=RUN_HELP + ". Example: dsqlkit "
+                       "local run --cluster-id abcdefghijklmnopqrstuvwxyz -- pytest tests/")
+    # The endpoint's options may come before or after 'run'; after it they only override.
+    _endpoint_options(r, suppress=True)
+    r.add_argument("--root-pem", action="store_true",
+                   help="put the endpoint's CA in ./root.pem (where DSQL's samples look for "
+                        "it) while COMMAND runs, unless that file exists")
+    r.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
+                   help="the command to run, after --")
+
+
+def _endpoint_options(p: argparse.ArgumentParser, *, suppress: bool = False) -> None:
+    """The endpoint's options; with ``suppress``, an option not given sets nothing (so that
+    ``dsqlkit local --port 0 run -- …`` keeps the port given before ``run``)."""
+    known = len(p._actions)
+    _add_endpoint_options(p)
+    if suppress:
+        for action in p._actions[known:]:
+            action.default = argparse.SUPPRESS
+
+
+def _add_endpoint_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cluster-id",
+        default=None,
+        metavar="ID",
+        help="the cluster id in the endpoint's name <ID>.dsql.<region>.on.aws (26 characters "
+             "of a-z0-9; default: the data directory's, random for --ephemeral)",
+    )
+    p.add_argument(
+        "--etc-hosts",
+        nargs="?",
+        const="/etc/hosts",
+        default=None,
+        metavar="PATH",
+        help="add '127.0.0.1 <cluster name>' to the hosts file (default /etc/hosts) while the "
+             "endpoint runs, so that every client resolves the cluster's name",
+    )
     p.add_argument(
         "--port",
         type=int,
@@ -103,16 +156,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--passthrough", action="store_true",
                    help="relay statements untouched (no DSQL dialect, rules or OCC): only "
                         "for measuring what they cost")
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print the connection details as one JSON line (for scripts)",
-    )
-    p.add_argument(
-        "--smoke",
-        action="store_true",
-        help="start, connect over TLS with an IAM token, run a query, stop",
-    )
 
 
 def banner(ep: object) -> str:
@@ -131,6 +174,7 @@ def banner(ep: object) -> str:
   data directory    {ep.data_dir}
   CA certificate    {ep.ca_path}
   connection string {ep.url()}
+  cluster name      {name_resolution(ep)}
 
 Environment for clients (AWS SDKs, dsqlkit, psql):
 {exports}
@@ -167,9 +211,19 @@ def run(args: argparse.Namespace) -> int:
             inject=args.inject,
             seed=args.seed,
             rules=not args.passthrough,
+            cluster_id=args.cluster_id,
+            etc_hosts=args.etc_hosts,
         )
-    except ConfigError as exc:
+    except (ConfigError, LocalEndpointError) as exc:
         print(f"dsqlkit local: {exc}", file=sys.stderr)
+        return 2
+    action = getattr(args, "local_action", None)
+    command = list(getattr(args, "command", None) or [])
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if action == "run" and not command:
+        print("dsqlkit local run: give the command to run after --, e.g. "
+              "dsqlkit local run -- pytest tests/", file=sys.stderr)
         return 2
     started = time.monotonic()
     try:
@@ -179,6 +233,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     elapsed = time.monotonic() - started
 
+    if action == "run":
+        return _run(ep, command, args, elapsed)
     if args.smoke:
         return _smoke(ep, elapsed)
 
@@ -214,6 +270,44 @@ def run(args: argparse.Namespace) -> int:
     finally:
         ep.stop()
     return 0
+
+
+def name_resolution(ep: object) -> str:
+    """How the cluster's name reaches the endpoint, in one line."""
+    from dsqlkit.local import LocalDSQL
+    from dsqlkit.local.hosts import resolves_to_loopback
+
+    assert isinstance(ep, LocalDSQL)
+    if ep.etc_hosts is not None:
+        return f"{ep.hostname} -> 127.0.0.1 (line added to {ep.etc_hosts} until stop)"
+    if resolves_to_loopback(ep.hostname):
+        return f"{ep.hostname} -> 127.0.0.1 (already in the system's resolver)"
+    return (f"{ep.hostname} does not resolve here: add the line '{ep.hosts_line}' to "
+            "/etc/hosts, or start with --etc-hosts")
+
+
+def _run(ep: object, command: list[str], args: argparse.Namespace, elapsed: float) -> int:
+    from dsqlkit.local import LocalDSQL
+    from dsqlkit.local.run import run_command
+
+    assert isinstance(ep, LocalDSQL)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        print(f"dsqlkit local run: endpoint {ep.host}:{ep.port}, cluster {ep.hostname}, "
+              f"started in {elapsed:.2f} s", file=sys.stderr, flush=True)
+        print(f"dsqlkit local run: {name_resolution(ep)}", file=sys.stderr, flush=True)
+        rc = run_command(ep, command, keep_profile=args.profile is not None,
+                         write_root_pem=getattr(args, "root_pem", False))
+        # Stopping may take a moment (the backend shuts down): a TERM now stops us too.
+        signal.signal(signal.SIGTERM, stop)
+    except KeyboardInterrupt:
+        rc = 130
+    finally:
+        ep.stop()
+    return rc
 
 
 def _smoke(ep: object, elapsed: float) -> int:
