@@ -461,6 +461,7 @@ def test_cli_local_smoke(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
+        assert info["hosts_line"] == f"127.0.0.1 {info['hostname']}"
         env = {**os.environ, **info["env"]}
         creds = sigv4.Credentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
         token = sigv4.presign_token("localhost", info["region"], creds, action="DbConnectAdmin")

@@ -251,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
                     "region": ep.region,
                     "hostname": ep.hostname,
                     "cluster_id": ep.cluster_id,
+                    "hosts_line": ep.hosts_line,
                     "ca_path": ep.ca_path,
                     "url": ep.url(),
                     "data_dir": str(ep.data_dir),
