@@ -23,8 +23,9 @@ import shutil
 import string
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -129,6 +130,8 @@ class LocalDSQL:
         use_uvloop: bool = True,
         cluster_id: str | None = None,
         etc_hosts: str | os.PathLike[str] | None = None,
+        clock: Callable[[], float] | None = None,
+        wall_clock: Callable[[], datetime] | None = None,
     ) -> None:
         if ephemeral and data_dir is not None:
             raise LocalEndpointError("pass either data_dir or ephemeral=True, not both")
@@ -173,6 +176,10 @@ class LocalDSQL:
         # rules=False relays statements untouched: for measuring what DSQL's rules cost.
         self.rules = rules
         self.transaction_age_limit = transaction_age_limit
+        # Injected clocks (tests): connection ages, and token expiry. After moving ``clock``,
+        # call check_ages().
+        self.clock = clock
+        self.wall_clock = wall_clock
         if not rules:
             self.occ_mode = "off"
             self.schema_conflicts = "off"
@@ -417,7 +424,16 @@ class LocalDSQL:
             rules=self.rules,
             transaction_age_limit=self.transaction_age_limit,
         )
+        if self.clock is not None:
+            config.clock = self.clock
+        if self.wall_clock is not None:
+            config.wall_clock = self.wall_clock
         return Server(config, server_context(files), lambda: self._address)
+
+    def check_ages(self) -> None:
+        """After moving an injected ``clock``: end the sessions past the connection-age cap
+        (a session in a transaction ends when the transaction does), as its timer would."""
+        self.call(self.server.check_ages)
 
     def restart_backend(self) -> None:
         """Restart the managed PostgreSQL (e.g. after :meth:`kill_backend`)."""

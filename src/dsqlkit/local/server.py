@@ -18,6 +18,7 @@ import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from dsqlkit.auth import sigv4
 from dsqlkit.local import wire
@@ -62,6 +63,11 @@ class EndpointConfig:
     rules: bool = True
     # DSQL aborts transactions older than 300 s (configurable for tests).
     transaction_age_limit: float = 300.0
+    # The endpoint's clocks: connection ages (monotonic seconds) and token expiry (the wall
+    # clock). Tests inject controllable ones.
+    clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], datetime] = field(
+        default=lambda: datetime.now(timezone.utc))
 
 
 class TokenBucket:
@@ -94,6 +100,7 @@ class Server:
         backend_address: Callable[[], BackendAddress],
     ) -> None:
         self.config = config
+        self.clock = config.clock
         self.ssl_context = ssl_context
         ssl_context.sni_callback = self._sni
         self.backend_address = backend_address
@@ -322,6 +329,7 @@ class Server:
                 region=self.config.region,
                 hosts=self.config.hostnames,
                 lookup=self.config.credentials.get,
+                now=self.config.wall_clock(),
             )
         except Exception:
             self.stats["auth_failed"] += 1
@@ -362,6 +370,12 @@ class Server:
             **params,
             "options": options,
         }
+
+    def check_ages(self) -> None:
+        """The clock moved: end the sessions past the connection-age cap (those in a
+        transaction when it ends)."""
+        for session in list(self.sessions.values()):
+            session.check_age()
 
     def register(self, session: Session) -> tuple[int, int]:
         while True:
