@@ -171,7 +171,7 @@ def test_builds_left_to_the_job_run_one_at_a_time_as_their_role(
         with psycopg.connect(dsql_local.backend_dsn, autocommit=True) as su:
             su.execute(f"ALTER TABLE {table} OWNER TO admin")
             su.execute(f"REVOKE CREATE ON SCHEMA public FROM {role}")
-            su.execute("DELETE FROM sys.dsqlkit_iam_mappings WHERE pg_role_oid = "
+            su.execute("DELETE FROM dsqlkit_internal.dsqlkit_iam_mappings WHERE pg_role_oid = "
                        "(SELECT oid FROM pg_roles WHERE rolname = %s)", [role])
             su.execute(f"DROP ROLE {role}")
 

@@ -15,13 +15,14 @@ engine (:mod:`dsqlkit.local.occ.engine`).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol
 
 from dsqlkit.errors import LocalEndpointError
-from dsqlkit.local import dialect, wire
+from dsqlkit.local import catalog, dialect, wire
 from dsqlkit.local.occ.engine import Conflict, Decision
 from dsqlkit.local.protocol import (
     DISCARD,
@@ -326,18 +327,29 @@ class StatementPolicy:
         from running the statement: a background job's id, an IAM mapping, a setting only
         DSQL has, a reported version."""
         if stmt.job is not None:
+            # An INSERT into DSQL's own view, which a rule turns into the endpoint's
+            # submission (dsqlkit.local.catalog), signed so that no client can send its own.
             job = stmt.job
             job_id = "".join(secrets.choice(_JOB_ID_ALPHABET) for _ in range(26))
             kind = "INDEX_BUILD" if job.kind == "index_build" else "VALIDATE_CONSTRAINT"
-            sql = (f"SELECT sys.dsqlkit_submit_job({literal(job_id)}, {literal(kind)}, "
-                   f"{literal(job.concurrent_sql or job.sql)}, "
-                   f"{literal(job.object_name)}, {literal(qualified(job.relation))}) "
-                   "AS job_id")
+            inline = job.sql if job.kind == "index_build" else None
+            statement = job.concurrent_sql or job.sql
+            relation = qualified(job.relation)
+            mac = catalog.sign(self.server.backend_address(), "job", job_id, kind,
+                               job.object_name, inline, statement, relation)
+            details = json.dumps({"inline": inline, "statement": statement,
+                                  "relation": relation, "mac": mac})
+            sql = ("INSERT INTO sys.jobs (job_id, job_type, object_name, details) VALUES "
+                   f"({literal(job_id)}, {literal(kind)}, {literal(job.object_name)}, "
+                   f"{literal(details)}) RETURNING job_id")
             return sql, Presentation(tag=job.tag)
         if stmt.iam is not None:
             iam = stmt.iam
-            sql = (f"SELECT sys.dsqlkit_iam({literal(iam.action)}, {literal(iam.role)}, "
-                   f"{literal(iam.arn)})")
+            mac = catalog.sign(self.server.backend_address(), "iam", iam.action, iam.role,
+                               iam.arn)
+            sql = ("INSERT INTO sys.iam_pg_role_mappings (pg_role_name, arn, "
+                   f"grantor_pg_role_name) VALUES ({literal(iam.role)}, {literal(iam.arn)}, "
+                   f"{literal(iam.action + ':' + mac)})")
             return sql, Presentation(tag=f"AWS IAM {iam.action.upper()}", keep_rows=False)
         param = stmt.set_param or stmt.show_param
         if param in dialect.DSQL_ONLY_SETTINGS:
@@ -398,7 +410,7 @@ class StatementPolicy:
                     rows = await query(
                         "SELECT (SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = "
                         f"to_regclass({literal(target)})), EXISTS (SELECT 1 FROM "
-                        f"sys.dsqlkit_jobs WHERE object_name = {literal(index_name)} AND "
+                        f"sys.jobs WHERE object_name = {literal(index_name)} AND "
                         "status IN ('submitted', 'processing'))"
                     )
                     if rows and (rows[0][1] == "t" or rows[0][0] == "f"):

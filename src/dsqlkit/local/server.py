@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from dsqlkit.auth import sigv4
 from dsqlkit.local import wire
 from dsqlkit.local.backend import BackendAddress, send_cancel
+from dsqlkit.local.catalog import ADMIN_ROLE, RESERVED_ROLES
 from dsqlkit.local.faults import Faults
 from dsqlkit.local.jobs import JobRunner
 from dsqlkit.local.link import Link
@@ -336,7 +337,13 @@ class Server:
             raise
 
     async def authorize(self, user: str) -> None:
-        """Hook for role checks; the dialect layer installs DSQL's IAM role mapping here."""
+        """Roles of the endpoint itself (its own role, the backend user it connects as) do
+        not exist for clients: DSQL has no such roles. (The IAM mapping of other roles is
+        checked once the backend session is open, see startup.py.)"""
+        if user != ADMIN_ROLE and (user in RESERVED_ROLES
+                                   or user == self.backend_address().user):
+            raise Refusal("08P01", "unable to accept connection, access denied",
+                          hint=f"Role {user} does not exist")
 
     def commit_finished(self, sid: int) -> asyncio.Future[None]:
         """Resolved when the transaction of session ``sid`` (whose COMMIT is at the

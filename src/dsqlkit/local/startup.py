@@ -201,22 +201,29 @@ def greeting(backend: BackendSession, key: tuple[int, int]) -> bytes:
     return b"".join(out)
 
 async def _check_iam_mapping(backend: BackendSession, user: str) -> None:
-    """A role other than admin may log in only through an IAM mapping (AWS IAM GRANT).
+    """A role other than admin may log in only through an IAM mapping (AWS IAM GRANT), and
+    never as a role with powers DSQL gives no role (superuser, replication, bypassing row
+    security): the endpoint never maps one, but the backend may have been changed directly.
 
     The local endpoint cannot know which IAM principal signed the token, so any mapping
     of the role admits it (see docs/local.md)."""
     link = backend.link
     link.write(wire.query(
-        "SELECT count(*) FROM sys.iam_pg_role_mappings WHERE pg_role_name = current_user"))
-    mapped = False
+        "SELECT EXISTS (SELECT FROM sys.iam_pg_role_mappings WHERE pg_role_name = "
+        "current_user), rolsuper OR rolreplication OR rolbypassrls FROM pg_roles "
+        "WHERE rolname = current_user"))
+    values: list[bytes | None] = []
     while True:
         mtype, frame = await link.read_frame()
         if mtype == wire.DATA_ROW:
             values = wire.parse_data_row(frame)
-            mapped = bool(values) and values[0] not in (None, b"0")
         elif mtype == wire.READY_FOR_QUERY:
             break
+    mapped = len(values) == 2 and values[0] == b"t"
     if not mapped:
         raise access_denied(
             f"role {user} has no IAM mapping; run AWS IAM GRANT {user} TO '<role arn>' "
             "as admin")
+    if values[1] != b"f":
+        raise access_denied(f"role {user} has powers DSQL gives no role (superuser, "
+                            "replication or bypassrls) and may not log in")
