@@ -132,6 +132,12 @@ RULES: Final[dict[str, Rule]] = {
                         "comments it out (pg_dump's own settings are no-ops there)"),
     "set-transaction": _R(NEEDS_REVIEW, "DSQL runs every transaction at REPEATABLE READ; use "
                           "BEGIN READ ONLY for read-only ones"),
+    "set-config": _R(NEEDS_REVIEW, "set_config() is SET by another name: DSQL lets a session set "
+                     "only a few parameters, whatever the spelling", True),
+    "settings-write": _R(NEEDS_REVIEW, "writing pg_settings is set_config(): DSQL lets a session "
+                         "set only a few parameters", True),
+    "dynamic-sql": _R(UNFIXABLE, "pass the query as a literal (it is checked like any other "
+                      "SQL), or run it directly", True),
     "isolation-level": _R(NEEDS_REVIEW, "DSQL runs every transaction at REPEATABLE READ (snapshot "
                           "isolation); the level is changed"),
     "savepoint": _R(UNFIXABLE, "DSQL has no savepoints; restructure the transaction"),

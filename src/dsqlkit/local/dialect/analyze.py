@@ -34,6 +34,7 @@ from dsqlkit.local.dialect.facts import (
 )
 from dsqlkit.local.dialect.model import (
     DSQL_ONLY_SETTINGS,
+    SETTING_RULES,
     Analysis,
     IamMapping,
     Refusal,
@@ -454,7 +455,12 @@ def _describe(piece: _Piece, node: ast.Node) -> Statement:
     # The tree is walked for refused statements too: their other refusals are worth reporting
     # (dsqlkit check), and only statements DSQL accepts are rewritten.
     rewrites = _scan_tree(node, facts)
-    if rewrites:
+    for text in facts.nested_sql:
+        for inner in analyze(text).statements:
+            for rule, refusal in inner.all_refusals:
+                if rule in SETTING_RULES:
+                    facts.refuse(rule, refusal)
+    if rewrites and facts.refusal is None:
         rewritten = _apply_rewrites(node, rewrites)
     if facts.job is not None:
         rewritten = facts.job.sql

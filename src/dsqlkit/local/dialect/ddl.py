@@ -32,6 +32,7 @@ from dsqlkit.local.dialect.model import (
     Relation,
     _f,
 )
+from dsqlkit.local.dialect.queries import setting_clause
 
 # --- tables and types ------------------------------------------------------------------------
 
@@ -459,11 +460,34 @@ def _create_function(node: ast.CreateFunctionStmt, f: _Facts, piece: _Piece) -> 
     if node.is_procedure:
         f.refuse("procedure", _f("PROCEDURE is not supported"))
         return
-    language = _defelems(node.options).get("language")
+    options = _defelems(node.options)
+    language = options.get("language")
     name = _const_value(language.arg) if language is not None else None
     if isinstance(name, str) and name.lower() != "sql":
         f.refuse("function-language",
                  _f(f"CREATE FUNCTION with language {name.lower()} not supported"))
+    _function_settings(node.options, f)
+    body = options.get("as")
+    if isinstance(name, str) and name.lower() == "sql" and body is not None:
+        # The body runs later, as SQL: DSQL's settings rules apply to it (checked here, at
+        # CREATE; inferred: DSQL would answer when the function runs).
+        parts = body.arg if isinstance(body.arg, tuple) else (body.arg,)
+        f.nested_sql.extend(p.sval for p in parts if isinstance(p, ast.String) and p.sval)
+
+
+def _function_settings(options: Iterable[Any] | None, f: _Facts) -> None:
+    """A function's ``SET name = value`` / ``RESET name`` clauses hold while it runs: the
+    same parameters as SET."""
+    for opt in options or ():
+        if (isinstance(opt, ast.DefElem) and opt.defname == "set"
+                and isinstance(opt.arg, ast.VariableSetStmt)):
+            setting_clause(opt.arg, f)
+
+
+@_handles(ast.AlterFunctionStmt)
+def _alter_function(node: ast.AlterFunctionStmt, f: _Facts, piece: _Piece) -> None:
+    f.kind = "ddl"
+    _function_settings(node.actions, f)
 
 
 @_handles(ast.CreateTrigStmt)
@@ -513,7 +537,10 @@ def _drop(node: ast.DropStmt, f: _Facts, piece: _Piece) -> None:
 @_handles(ast.RenameStmt)
 def _rename(node: ast.RenameStmt, f: _Facts, piece: _Piece) -> None:
     f.kind = "ddl"
-    if node.renameType in (ObjectType.OBJECT_TYPE, ObjectType.OBJECT_ATTRIBUTE):
+    # Inferred for triggers: DSQL has none of its own (the endpoint's limit triggers are its
+    # own business), and refuses DROP TRIGGER the same way.
+    if node.renameType in (ObjectType.OBJECT_TYPE, ObjectType.OBJECT_ATTRIBUTE,
+                           ObjectType.OBJECT_TRIGGER):
         f.refuse("rename-object", _f("unsupported object in RENAME statement"))
 
 

@@ -21,6 +21,7 @@ from dsqlkit.local.dialect.model import (
     VERSION_STRING,
     Refusal,
     _f,
+    setting_refusal,
 )
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,12 @@ _ADVISORY_LOCKS = frozenset({
     "pg_advisory_unlock_all", "pg_advisory_xact_lock", "pg_advisory_xact_lock_shared",
     "pg_try_advisory_xact_lock", "pg_try_advisory_xact_lock_shared",
 })
+# Functions that run a query given as text (query_to_xml(query, ...), ts_stat(query),
+# ts_rewrite(query, select)), by the argument holding it and the argument count it needs.
+_DYNAMIC_SQL: dict[str, tuple[int, int]] = {
+    "query_to_xml": (0, 4), "query_to_xmlschema": (0, 4), "query_to_xml_and_xmlschema": (0, 4),
+    "ts_stat": (0, 1), "ts_rewrite": (1, 2),
+}
 # Geometric types DSQL refuses even at runtime (recorded for line(); circle documented).
 _RUNTIME_REFUSED_TYPES = frozenset({"line", "circle"})
 # Functions whose leading regconfig argument names a text search configuration, by the argument
@@ -111,6 +118,8 @@ def _scan_tree(root: ast.Node, f: _Facts) -> list[_Rewrite]:
             f.refuse("merge", _f("unsupported statement type: MERGE"))
         elif cls is ast.SubLink and is_call:
             f.refuse("call-subquery", _f("cannot use subquery in CALL argument"))
+        elif cls is ast.UpdateStmt or cls is ast.InsertStmt or cls is ast.DeleteStmt:
+            _check_settings_write(node, f)
         for name in reversed(_child_slots(cls)):
             value = getattr(node, name)
             if isinstance(value, ast.Node | tuple):
@@ -158,7 +167,21 @@ def _check_function(node: ast.FuncCall, parent: Any, attr: str, path: tuple[int,
     if name is None:
         return
     args = node.args or ()
-    if name in _ADVISORY_LOCKS:
+    if name == "set_config":
+        _check_set_config(node, f)
+    elif name in _DYNAMIC_SQL and len(args) >= _DYNAMIC_SQL[name][1]:
+        query = _literal_text(_positional(node, _DYNAMIC_SQL[name][0], "query"))
+        if query is None:
+            # Inferred: SQL that only exists at run time cannot be held to DSQL's settings
+            # rules here; worded as DSQL's recorded refusal of a function.
+            f.refuse("dynamic-sql", _f(f"function {name} not supported"))
+        else:
+            f.nested_sql.append(query)
+    elif name == "pg_notify":
+        # Inferred: DSQL refuses NOTIFY (recorded); its function form with the wording of
+        # DSQL's recorded refusal of a function.
+        f.refuse("listen-notify", _f("function pg_notify not supported"))
+    elif name in _ADVISORY_LOCKS:
         f.refuse("advisory-lock", _f(f"function {name} not supported"))
     elif name in _RUNTIME_REFUSED_TYPES:
         f.refuse("geometric-type", _f(f"datatype {name} not supported"))
@@ -180,6 +203,81 @@ def _check_function(node: ast.FuncCall, parent: Any, attr: str, path: tuple[int,
         elif isinstance(setting, str) and setting.lower() == "server_version_num":
             rewrites.append(
                 _Rewrite(parent, attr, path, node, SERVER_VERSION_NUM, "current_setting"))
+
+
+def _positional(node: ast.FuncCall, index: int, named: str) -> Any:
+    """Argument ``index`` of a call, or the argument passed by ``named`` (name => value)."""
+    for arg in node.args or ():
+        if isinstance(arg, ast.NamedArgExpr) and arg.name == named:
+            return arg.arg
+    args = [a for a in node.args or () if not isinstance(a, ast.NamedArgExpr)]
+    return args[index] if index < len(args) else None
+
+
+def _literal_text(arg: Any) -> str | None:
+    while isinstance(arg, ast.TypeCast):
+        arg = arg.arg
+    value = _const_value(arg) if isinstance(arg, ast.A_Const) else None
+    return value if isinstance(value, str) else None
+
+
+def _sql_text(arg: Any) -> str:
+    from pglast.stream import RawStream
+
+    try:
+        return str(RawStream()(arg))
+    except Exception:
+        return "?"
+
+
+_TRUE_TEXTS = frozenset({"t", "true", "on", "yes", "y", "1"})
+
+
+def _check_set_config(node: ast.FuncCall, f: _Facts) -> None:
+    """``set_config(name, value, is_local)`` is SET by another name: DSQL's rule for the
+    parameter, as for SET (``is_local`` true as for SET LOCAL). Inferred: not recorded; the
+    answer is the recorded one for SET. A name that is not a literal cannot be checked, and
+    is refused naming the expression."""
+    name_arg = _positional(node, 0, "setting_name")
+    name = _literal_text(name_arg)
+    local_arg = _positional(node, 2, "is_local")
+    while isinstance(local_arg, ast.TypeCast):
+        local_arg = local_arg.arg
+    local = _const_value(local_arg) if isinstance(local_arg, ast.A_Const) else None
+    is_local = local is True or (isinstance(local, str) and local.lower() in _TRUE_TEXTS)
+    if name is None:
+        shown = _sql_text(name_arg) if name_arg is not None else ""
+        f.refuse("set-config", _f(f'setting configuration parameter "{shown}" not supported'))
+        return
+    refusal = setting_refusal(name.lower(), is_local=is_local)
+    if refusal is not None:
+        f.refuse("set-config", refusal)
+
+
+def _check_settings_write(node: Any, f: _Facts) -> None:
+    """INSERT, UPDATE or DELETE on pg_settings: PostgreSQL's rule on that view calls
+    set_config(). Refused (inferred) with the SET answer for the parameter the WHERE clause
+    names, whichever it is (the backend refuses every write to pg_settings anyway)."""
+    rel = node.relation
+    if not isinstance(rel, ast.RangeVar) or rel.relname != "pg_settings" or (
+            rel.schemaname not in (None, "pg_catalog")):
+        return
+    name = "pg_settings"
+    stack: list[Any] = [getattr(node, "whereClause", None)]
+    while stack:
+        expr = stack.pop()
+        if isinstance(expr, ast.BoolExpr):
+            stack.extend(expr.args or ())
+        elif isinstance(expr, ast.A_Expr) and _string_names(expr.name) == ("=",):
+            sides = (expr.lexpr, expr.rexpr)
+            column = next((s for s in sides if isinstance(s, ast.ColumnRef)), None)
+            value = next((_literal_text(s) for s in sides if _literal_text(s)), None)
+            fields = column.fields if column is not None else ()
+            if value and fields and isinstance(fields[-1], ast.String) and (
+                    fields[-1].sval == "name"):
+                name = value
+                break
+    f.refuse("settings-write", _f(f'setting configuration parameter "{name}" not supported'))
 
 
 def _check_cast(node: ast.TypeCast, f: _Facts) -> None:

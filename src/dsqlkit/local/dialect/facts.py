@@ -83,6 +83,9 @@ class _Facts:
     relations: list[str] = field(default_factory=list)
     dml_cte: bool = False
     explain_analyze: bool = False
+    # SQL text the statement has PostgreSQL run later (a SQL function's body, a query
+    # passed to query_to_xml()...): DSQL's settings rules apply to it too.
+    nested_sql: list[str] = field(default_factory=list)
     refusals: list[tuple[str, Refusal]] = field(default_factory=list)
     user_types: list[tuple[str, ...]] = field(default_factory=list)
 

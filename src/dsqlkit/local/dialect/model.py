@@ -245,6 +245,16 @@ def _f(message: str) -> Refusal:
     return Refusal(FEATURE_NOT_SUPPORTED, message)
 
 
+#: The rules that keep DSQL's settings rules whatever the spelling: SET, SET LOCAL, RESET,
+#: SET TRANSACTION, set_config(), writes to pg_settings, ALTER ROLE ... SET, a function's SET
+#: clause. A statement that has SQL run later (a function body, query_to_xml()'s query) takes
+#: over the refusals of these rules from that SQL.
+SETTING_RULES: Final = frozenset({
+    "set-parameter", "set-transaction", "isolation-level", "set-config", "settings-write",
+    "dynamic-sql",
+})
+
+
 def setting_refusal(name: str, *, is_local: bool = False) -> Refusal | None:
     """DSQL's answer to setting ``name`` (also for startup parameters), or None if allowed.
 

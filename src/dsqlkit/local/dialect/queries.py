@@ -236,11 +236,36 @@ def _set(node: ast.VariableSetStmt, f: _Facts, piece: _Piece) -> None:
     if kind == VariableSetKind.VAR_SET_VALUE and node.args:
         value = _const_value(node.args[0])
         f.set_value = None if value is None else str(value)
-    refusal = setting_refusal(param, is_local=f.is_local)
-    if refusal is not None:
-        f.refuse("set-parameter", refusal)
-    elif param in DSQL_ONLY_SETTINGS:
+    if not setting_clause(node, f, is_local=f.is_local) and param in DSQL_ONLY_SETTINGS:
         f.local_answer = LocalAnswer(tag="RESET" if kind == VariableSetKind.VAR_RESET else "SET")
+
+
+def setting_clause(node: ast.VariableSetStmt, f: _Facts, *, is_local: bool = False) -> bool:
+    """DSQL's rule for one SET/RESET of a parameter, wherever it is written: a SET statement,
+    a function's SET clause, ALTER ROLE ... SET. Returns whether it was refused.
+
+    Only SET and its connection-string form are recorded; the other places are inferred to
+    follow the same rule, with the same answer (a parameter DSQL lets no session set must
+    not become a role's default, or hold while a function runs)."""
+    if node.kind == VariableSetKind.VAR_RESET_ALL:
+        return False
+    if node.kind == VariableSetKind.VAR_SET_MULTI:
+        # SET TRANSACTION ... outside a SET statement cannot parse; refuse as SET does.
+        f.refuse("set-transaction",
+                 _f(f'setting configuration parameter "{node.name or ""}" not supported'))
+        return True
+    refusal = setting_refusal((node.name or "").lower(), is_local=is_local)
+    if refusal is None:
+        return False
+    f.refuse("set-parameter", refusal)
+    return True
+
+
+@_handles(ast.AlterRoleSetStmt)
+def _alter_role_set(node: ast.AlterRoleSetStmt, f: _Facts, piece: _Piece) -> None:
+    f.kind = "ddl"
+    if node.setstmt is not None:
+        setting_clause(node.setstmt, f)
 
 
 # PostgreSQL 16 removed lc_collate and lc_ctype as settings; DSQL reports 16.15 and answers so.
