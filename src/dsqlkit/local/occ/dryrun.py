@@ -6,15 +6,23 @@ When the endpoint has decided that a transaction loses and one of its statements
 it runs a *dry run* of that statement: a SELECT that takes no lock and writes nothing but
 returns what the statement would have returned.
 
-* ``UPDATE t SET c = e … WHERE p RETURNING r`` → ``SELECT r' FROM t … WHERE p`` where every
+* ``UPDATE t SET c = e WHERE p RETURNING r`` → ``SELECT r' FROM t WHERE p`` where every
   reference to a SET column in ``r`` is replaced by its new value (``e``, typed as the column
   with ``CASE WHEN false THEN t.c ELSE e END``, so parameters get the column's type); without
   RETURNING the rows are counted and the answer becomes ``UPDATE n``.
-* ``DELETE FROM t USING u WHERE p RETURNING r`` → ``SELECT r FROM t, u WHERE p``.
+* With ``FROM u`` (``DELETE ... USING u``), PostgreSQL changes each target row once however
+  many rows of ``u`` it joins, and returns one row per target row, so the stand-in keeps one
+  join partner per target row: ``SELECT s.* FROM t, LATERAL (SELECT r' FROM u WHERE p LIMIT
+  1) s WHERE EXISTS (SELECT FROM u WHERE p)`` (the EXISTS lets the planner filter ``t`` with a
+  semi-join first); without RETURNING only the EXISTS is needed. Which partner a RETURNING
+  expression sees is PostgreSQL's choice in both, as it is arbitrary.
+* A read-only ``WITH`` goes on the stand-in as it is; ``DELETE ... RETURNING *`` returns the
+  target's columns, then those of the USING tables, as PostgreSQL does.
 * ``SELECT … FOR UPDATE`` / ``FOR KEY SHARE`` → the same SELECT without the locking clause.
 
-Anything else (INSERT, data-modifying CTEs, ``WHERE CURRENT OF``, ``RETURNING *``) has no dry
-run, and the endpoint reports the conflict at the statement instead.
+Anything else (INSERT, data-modifying or locking CTEs, ``WHERE CURRENT OF``, ``UPDATE ...
+RETURNING *``, ``SET c = DEFAULT``) has no dry run, and the endpoint reports the conflict at
+the statement instead.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pglast import ast, parse_sql
+from pglast.enums import LimitOption, SubLinkType
 from pglast.stream import RawStream
 from pglast.visitors import Visitor
 
@@ -94,17 +103,75 @@ def _count_target() -> tuple[Any, ...]:
     return (ast.ResTarget(val=ast.A_Const(val=ast.Integer(1))),)
 
 
+_JOINED = "dsqlkit_dry"
+
+
+def _stand_in(rel: Any, joined: tuple[Any, ...], where: Any, targets: tuple[Any, ...],
+              counting: bool, with_clause: Any) -> Any:
+    """The SELECT that returns one row per target row (see the module docs)."""
+    if not joined:
+        return ast.SelectStmt(targetList=targets, fromClause=(rel,), whereClause=where,
+                              withClause=with_clause)
+    exists = ast.SubLink(subLinkType=SubLinkType.EXISTS_SUBLINK, subselect=ast.SelectStmt(
+        targetList=targets if counting else _count_target(),
+        fromClause=copy.deepcopy(joined), whereClause=copy.deepcopy(where)))
+    if counting:
+        return ast.SelectStmt(targetList=_count_target(), fromClause=(rel,),
+                              whereClause=exists, withClause=with_clause)
+    partner = ast.RangeSubselect(
+        lateral=True, alias=ast.Alias(aliasname=_JOINED),
+        subquery=ast.SelectStmt(targetList=targets, fromClause=joined, whereClause=where,
+                                limitCount=ast.A_Const(val=ast.Integer(1)),
+                                limitOption=LimitOption.LIMIT_OPTION_COUNT))
+    every = ast.ResTarget(val=ast.ColumnRef(fields=(ast.String(_JOINED), ast.A_Star())))
+    return ast.SelectStmt(targetList=(every,), fromClause=(rel, partner), whereClause=exists,
+                          withClause=with_clause)
+
+
+def _read_only(with_clause: Any) -> bool:
+    """A WITH clause whose queries only read, without locking rows."""
+    for cte in with_clause.ctes or ():
+        query = cte.ctequery
+        if not isinstance(query, ast.SelectStmt):
+            return False
+        for node in _walk(query):
+            if isinstance(node, ast.LockingClause | ast.InsertStmt | ast.UpdateStmt
+                          | ast.DeleteStmt | ast.MergeStmt):
+                return False
+    return True
+
+
+def _walk(root: Any) -> list[Any]:
+    found: list[Any] = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, tuple):
+            stack.extend(node)
+        elif isinstance(node, ast.Node):
+            found.append(node)
+            stack.extend(getattr(node, name) for name in getattr(type(node), "__slots__", ()))
+    return found
+
+
 def _update(node: Any) -> DryRun | None:
     rel = node.relation
     table = rel.alias.aliasname if rel.alias else rel.relname
     qualifiers = {rel.relname, table}
     sets: dict[str, Any] = {}
     for target in node.targetList:
-        if target.indirection or not isinstance(target.val, ast.Node):
-            return None  # SET (a, b) = (...), SET arr[1] = ..., SET c = DEFAULT
-        if isinstance(target.val, (ast.MultiAssignRef, ast.SetToDefault)):
+        value = target.val
+        if target.indirection or not isinstance(value, ast.Node):
+            return None  # SET arr[1] = ..., SET c.field = ...
+        if isinstance(value, ast.MultiAssignRef):
+            # SET (a, b) = (x, y); a sub-SELECT source has no per-column expression.
+            source: Any = value.source
+            if not isinstance(source, ast.RowExpr) or not value.colno:
+                return None
+            value = (source.args or ())[value.colno - 1]
+        if isinstance(value, ast.SetToDefault):
             return None
-        sets[target.name] = target.val
+        sets[target.name] = value
     returning = _returning(node)
     substitute = _Substitute(sets, qualifiers, table)
     if returning is not None:
@@ -124,24 +191,38 @@ def _update(node: Any) -> DryRun | None:
                                                               ast.String(name))))
             substitute(wrapper)
             targets.append(wrapper)
-    select = ast.SelectStmt(
-        targetList=tuple(targets),
-        fromClause=(rel, *(node.fromClause or ())),
-        whereClause=node.whereClause,
-    )
+    select = _stand_in(rel, tuple(node.fromClause or ()), node.whereClause, tuple(targets),
+                       returning is None, node.withClause)
     return DryRun(RawStream()(select), "UPDATE", returning is not None)
 
 
 def _delete(node: Any) -> DryRun | None:
     returning = _returning(node)
-    if returning is not None and _has_star(returning):
-        return None
-    select = ast.SelectStmt(
-        targetList=returning if returning is not None else _count_target(),
-        fromClause=(node.relation, *(node.usingClause or ())),
-        whereClause=node.whereClause,
-    )
+    using = tuple(node.usingClause or ())
+    bare_star = returning is not None and any(
+        _has_star((rt,)) and not _qualified_star(rt) for rt in returning)
+    if returning is not None and bare_star and (len(returning) != 1 or using):
+        if len(returning) != 1:
+            return None  # "*" beside other expressions
+        # RETURNING *: the target's columns, then the USING tables'.
+        rel = node.relation
+        table = rel.alias.aliasname if rel.alias else rel.relname
+        select = _stand_in(rel, using, node.whereClause,
+                           (ast.ResTarget(val=ast.ColumnRef(fields=(ast.A_Star(),))),),
+                           False, node.withClause)
+        own = ast.ResTarget(val=ast.ColumnRef(fields=(ast.String(table), ast.A_Star())))
+        select.targetList = (own, *select.targetList)
+        return DryRun(RawStream()(select), "DELETE", True)
+    select = _stand_in(node.relation, using, node.whereClause,
+                       returning if returning is not None else _count_target(),
+                       returning is None, node.withClause)
     return DryRun(RawStream()(select), "DELETE", returning is not None)
+
+
+def _qualified_star(target: Any) -> bool:
+    fields: Any = getattr(target.val, "fields", None)
+    return bool(isinstance(target.val, ast.ColumnRef) and fields and len(fields) > 1
+                and isinstance(fields[-1], ast.A_Star))
 
 
 def _select(node: Any) -> DryRun | None:
@@ -162,8 +243,9 @@ def dry_run(sql: str) -> DryRun | None:
     if len(statements) != 1:
         return None
     node = statements[0].stmt
-    if getattr(node, "withClause", None) is not None:
-        return None  # a CTE may write
+    with_clause = getattr(node, "withClause", None)
+    if with_clause is not None and not _read_only(with_clause):
+        return None  # a CTE that writes, or locks
     if isinstance(node, ast.UpdateStmt):
         if isinstance(node.whereClause, ast.CurrentOfExpr):
             return None
