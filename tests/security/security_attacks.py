@@ -395,8 +395,11 @@ SESSION_STATE = (
 class Lab:
     """An endpoint prepared for the attacks (see the module docs)."""
 
-    def __init__(self, ep: LocalDSQL) -> None:
+    def __init__(self, ep: LocalDSQL, *, attack_ep: LocalDSQL | None = None) -> None:
         self.ep = ep
+        # The endpoint the attacks go through (bench/security_attacks.py points one without
+        # the dialect at the same backend, to see what the backend refuses on its own).
+        self.attack_ep = attack_ep or ep
         self.files = tempfile.mkdtemp(prefix="dsqlkit-attack-")
         # Writable by the backend's account too: a write that were allowed would land here.
         os.chmod(self.files, 0o1777)
@@ -404,7 +407,7 @@ class Lab:
             ep.backend_dsn, autocommit=True)
         self.backend_user = str(self.su.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
         self._setup()
-        self.sessions = {role: self._connect(role) for role in ROLES}
+        self.sessions = {role: self._connect(role, ep=self.attack_ep) for role in ROLES}
         self.victims = {role: self._connect(role) for role in ROLES}
         self.victim_pids = {role: int(self.victims[role].execute(
             "SELECT pg_backend_pid()").fetchone()[0]) for role in ROLES}  # type: ignore[index]
@@ -430,8 +433,20 @@ class Lab:
 
     # -- setup: each role's ordinary objects, made the ordinary way
 
-    def _connect(self, role: str, **kw: Any) -> psycopg.Connection[tuple[Any, ...]]:
-        return psycopg.connect(self.ep.dsn(role, **kw), autocommit=True)
+    def _connect(self, role: str, *, ep: LocalDSQL | None = None,
+                 **kw: Any) -> psycopg.Connection[tuple[Any, ...]]:
+        return psycopg.connect((ep or self.ep).dsn(role, **kw), autocommit=True)
+
+    def rebaseline(self) -> None:
+        """Take the current state as the reference (after an attempt that was let through)."""
+        for role in ROLES:
+            self.sessions[role].close()
+            self.sessions[role] = self._connect(role, ep=self.attack_ep)
+        self.baseline = self.snapshot()
+        self.session_baseline = {role: self.session_state(role) for role in ROLES}
+        shutil.rmtree(self.files, ignore_errors=True)
+        os.mkdir(self.files)
+        os.chmod(self.files, 0o1777)
 
     def _setup(self) -> None:
         with self._connect("admin") as admin:
@@ -530,7 +545,8 @@ class Lab:
 
     # -- one attempt
 
-    def attempt(self, role: str, attack: Attack) -> Outcome:
+    def attempt(self, role: str, attack: Attack,
+                transform: Callable[[str], str] | None = None) -> Outcome:
         self.attempts += 1
         file = os.path.join(self.files, f"attempt-{self.attempts}")
         values = {**self.context(role), "file": file,
@@ -541,6 +557,8 @@ class Lab:
                       "tampered".ljust(26, "a"), self.context(role)["own_table"], "tampered",
                       statement=f"ALTER ROLE {role} SUPERUSER")}
         text = _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), attack.sql)
+        if transform is not None:
+            text = transform(text)
         error = self._run(role, attack, text)
         return Outcome(attack, role, error is not None, error or "", self._changes(role, file))
 
@@ -548,9 +566,9 @@ class Lab:
         """The error the attempt got, or None if it succeeded."""
         try:
             if attack.kind == "connect":
-                self._connect(role, options=text).close()
+                self._connect(role, ep=self.attack_ep, options=text).close()
             elif attack.kind == "login":
-                psycopg.connect(self.ep.dsn(text), autocommit=True).close()
+                psycopg.connect(self.attack_ep.dsn(text), autocommit=True).close()
             else:
                 conn = self.sessions[role]
                 if attack.block:
