@@ -47,7 +47,8 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 class Attack:
     """One attempt. ``sql`` may name ``{me}``, ``{other}``, ``{schema}``, ``{own_table}``,
     ``{own_index}``, ``{own_func}``, ``{other_secret}``, ``{other_table}``, ``{victim_pid}``,
-    ``{internal_pid}``, ``{file}``, ``{job_id}``, ``{backend_user}``, ``{signed_*}``.
+    ``{internal_pid}``, ``{file}``, ``{job_id}``, ``{backend_user}``, ``{signed_*}``, and
+    ``{n}``, the attempt's number (names of objects an attempt would create are unique).
 
     ``kind``: ``sql`` runs it in the attacker's session (in a transaction block when
     ``block``); ``connect`` opens a session of the attacker with ``options`` as the startup
@@ -104,7 +105,7 @@ ATTACKS: list[Attack] = [
     _a("grant USAGE on the internal schema", "internals",
        "GRANT USAGE ON SCHEMA dsqlkit_internal TO {me}"),
     _a("a function in sys", "internals",
-       "CREATE FUNCTION sys.evil() RETURNS int LANGUAGE sql AS 'SELECT 1'"),
+       "CREATE FUNCTION sys.evil{n}() RETURNS int LANGUAGE sql AS 'SELECT 1'"),
     _a("replace sys.jobs", "internals", "CREATE OR REPLACE VIEW sys.jobs AS SELECT 1 AS job_id"),
     _a("drop the submission rule", "internals", "DROP RULE dsqlkit_submit ON sys.jobs"),
     _a("take sys", "internals", "ALTER SCHEMA sys OWNER TO {me}"),
@@ -133,10 +134,10 @@ ATTACKS: list[Attack] = [
     _a("ALTER ROLE self REPLICATION", "roles", "ALTER ROLE {me} REPLICATION"),
     _a("ALTER ROLE self CREATEDB", "roles", "ALTER ROLE {me} CREATEDB"),
     _a("ALTER ROLE self CREATEROLE", "roles", "ALTER ROLE {me} CREATEROLE"),
-    _a("CREATE ROLE SUPERUSER", "roles", "CREATE ROLE evil SUPERUSER LOGIN"),
-    _a("CREATE ROLE BYPASSRLS", "roles", "CREATE ROLE evil BYPASSRLS"),
-    _a("CREATE ROLE REPLICATION", "roles", "CREATE ROLE evil REPLICATION"),
-    _a("CREATE ROLE IN ROLE a superuser", "roles", "CREATE ROLE evil IN ROLE {backend_user}"),
+    _a("CREATE ROLE SUPERUSER", "roles", "CREATE ROLE evil{n} SUPERUSER LOGIN"),
+    _a("CREATE ROLE BYPASSRLS", "roles", "CREATE ROLE evil{n} BYPASSRLS"),
+    _a("CREATE ROLE REPLICATION", "roles", "CREATE ROLE evil{n} REPLICATION"),
+    _a("CREATE ROLE IN ROLE a superuser", "roles", "CREATE ROLE evil{n} IN ROLE {backend_user}"),
     _a("GRANT pg_read_server_files to self", "roles", "GRANT pg_read_server_files TO {me}"),
     _a("GRANT pg_execute_server_program to self", "roles",
        "GRANT pg_execute_server_program TO {me}"),
@@ -173,10 +174,10 @@ ATTACKS: list[Attack] = [
     _a("give a SECURITY DEFINER function to the superuser", "roles",
        "ALTER FUNCTION {own_func} OWNER TO {backend_user}"),
     _a("a SECURITY DEFINER function in pg_catalog", "roles",
-       "CREATE FUNCTION pg_catalog.evil() RETURNS int LANGUAGE sql SECURITY DEFINER "
+       "CREATE FUNCTION pg_catalog.evil{n}() RETURNS int LANGUAGE sql SECURITY DEFINER "
        "AS 'SELECT 1'"),
     _a("a SECURITY DEFINER function that sets role", "roles",
-       "CREATE FUNCTION {schema}.evil() RETURNS int LANGUAGE sql SECURITY DEFINER "
+       "CREATE FUNCTION {schema}.evil{n}() RETURNS int LANGUAGE sql SECURITY DEFINER "
        "SET role = {backend_user} AS 'SELECT 1'"),
     # -- DSQL's settings rules, every spelling
     _a("SET", "settings", f"SET {ISO} = 'read committed'"),
@@ -196,15 +197,16 @@ ATTACKS: list[Attack] = [
     _a("set_config with named arguments", "settings",
        "SELECT set_config(setting_name => 'lock_timeout', new_value => '0', is_local => false)"),
     _a("set_config in a SQL function body", "settings",
-       "CREATE FUNCTION {schema}.evil() RETURNS text LANGUAGE sql AS "
+       "CREATE FUNCTION {schema}.evil{n}() RETURNS text LANGUAGE sql AS "
        f"$$ SELECT set_config('{ISO}', 'read committed', false) $$"),
     _a("set_config in a BEGIN ATOMIC body", "settings",
-       f"CREATE FUNCTION {{schema}}.evil() RETURNS text LANGUAGE sql BEGIN ATOMIC "
+       f"CREATE FUNCTION {{schema}}.evil{{n}}() RETURNS text LANGUAGE sql BEGIN ATOMIC "
        f"SELECT {_SET_CONFIG}; END"),
     _a("SET in a SQL function body", "settings",
-       "CREATE FUNCTION {schema}.evil() RETURNS void LANGUAGE sql AS 'SET lock_timeout = 0'"),
+       "CREATE FUNCTION {schema}.evil{n}() RETURNS void LANGUAGE sql AS "
+       "'SET lock_timeout = 0'"),
     _a("a function's SET clause", "settings",
-       f"CREATE FUNCTION {{schema}}.evil() RETURNS int LANGUAGE sql SET {ISO} = "
+       f"CREATE FUNCTION {{schema}}.evil{{n}}() RETURNS int LANGUAGE sql SET {ISO} = "
        "'read committed' AS 'SELECT 1'"),
     _a("ALTER FUNCTION SET", "settings", "ALTER FUNCTION {own_func} SET lock_timeout = 0"),
     _a("ALTER ROLE SET", "settings", f"ALTER ROLE {{me}} SET {ISO} = 'read committed'"),
@@ -218,9 +220,10 @@ ATTACKS: list[Attack] = [
        "SELECT query_to_xml('SELECT set_config(''lock_timeout'', ''0'', false)', true, false, "
        "'')"),
     _a("set_config in a view", "settings",
-       f"CREATE VIEW {{schema}}.evil AS SELECT {_SET_CONFIG}"),
+       f"CREATE VIEW {{schema}}.evil{{n}} AS SELECT {_SET_CONFIG}"),
     _a("set_config in a column default", "settings",
-       f"CREATE TABLE {{schema}}.evil (id int PRIMARY KEY, a text DEFAULT {_SET_CONFIG})"),
+       f"CREATE TABLE {{schema}}.evil{{n}} (id int PRIMARY KEY, "
+       f"a text DEFAULT {_SET_CONFIG})"),
     _a("BEGIN ISOLATION LEVEL", "settings", "BEGIN ISOLATION LEVEL READ COMMITTED"),
     _a("SET SESSION CHARACTERISTICS", "settings",
        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED"),
@@ -250,25 +253,25 @@ ATTACKS: list[Attack] = [
     _a("lo_export", "files", "SELECT lo_export(1, '{file}')"),
     # -- code: languages, extensions
     _a("LANGUAGE plpgsql", "code",
-       "CREATE FUNCTION {schema}.evil() RETURNS int LANGUAGE plpgsql AS "
+       "CREATE FUNCTION {schema}.evil{n}() RETURNS int LANGUAGE plpgsql AS "
        "$$BEGIN RETURN 1; END$$"),
     _a("LANGUAGE c", "code",
-       "CREATE FUNCTION {schema}.evil() RETURNS int LANGUAGE c AS '/lib/x.so', 'f'"),
+       "CREATE FUNCTION {schema}.evil{n}() RETURNS int LANGUAGE c AS '/lib/x.so', 'f'"),
     _a("LANGUAGE internal", "code",
-       "CREATE FUNCTION {schema}.evil(text, text, boolean) RETURNS text LANGUAGE internal "
+       "CREATE FUNCTION {schema}.evil{n}(text, text, boolean) RETURNS text LANGUAGE internal "
        "AS 'set_config_by_name'"),
     _a("LANGUAGE plpython3u", "code",
-       "CREATE FUNCTION {schema}.evil() RETURNS int LANGUAGE plpython3u AS 'return 1'"),
+       "CREATE FUNCTION {schema}.evil{n}() RETURNS int LANGUAGE plpython3u AS 'return 1'"),
     _a("CREATE LANGUAGE", "code", "CREATE LANGUAGE plperl"),
     _a("DO", "code", "DO $$BEGIN PERFORM 1; END$$"),
     _a("CREATE EXTENSION", "code", "CREATE EXTENSION IF NOT EXISTS dblink"),
     _a("CREATE EXTENSION plpgsql-alike", "code", "CREATE EXTENSION IF NOT EXISTS plperl"),
     _a("LOAD", "code", "LOAD 'plpgsql'"),
     _a("CREATE EVENT TRIGGER", "code",
-       "CREATE EVENT TRIGGER evil ON ddl_command_start "
+       "CREATE EVENT TRIGGER evil{n} ON ddl_command_start "
        "EXECUTE FUNCTION dsqlkit_internal.dsqlkit_on_create_table()"),
     _a("CREATE TRIGGER", "code",
-       "CREATE TRIGGER evil BEFORE UPDATE ON {own_table} FOR EACH ROW "
+       "CREATE TRIGGER evil{n} BEFORE UPDATE ON {own_table} FOR EACH ROW "
        "EXECUTE FUNCTION suppress_redundant_updates_trigger()"),
     # -- other sessions
     _a("pg_terminate_backend of the other role", "sessions",
@@ -292,18 +295,18 @@ ATTACKS: list[Attack] = [
     _a("write pg_authid", "server",
        "UPDATE pg_authid SET rolsuper = true WHERE rolname = '{me}'"),
     _a("write pg_auth_members", "server", "DELETE FROM pg_auth_members"),
-    _a("write pg_proc", "server", "UPDATE pg_proc SET prosecdef = true WHERE proname = 'evil'"),
+    _a("write pg_proc", "server", "UPDATE pg_proc SET prosecdef = true WHERE proname = 'evil{n}'"),
     _a("pg_reload_conf", "server", "SELECT pg_reload_conf()"),
     _a("pg_rotate_logfile", "server", "SELECT pg_rotate_logfile()"),
     _a("pg_switch_wal", "server", "SELECT pg_switch_wal()"),
     _a("CHECKPOINT", "server", "CHECKPOINT"),
-    _a("CREATE DATABASE", "server", "CREATE DATABASE evil"),
-    _a("CREATE SCHEMA as a non-admin", "server", "CREATE SCHEMA evil", roles=("app",)),
+    _a("CREATE DATABASE", "server", "CREATE DATABASE evil{n}"),
+    _a("CREATE SCHEMA as a non-admin", "server", "CREATE SCHEMA evil{n}", roles=("app",)),
     _a("a table in public as a non-admin", "server",
-       "CREATE TABLE public.evil (id int PRIMARY KEY)", roles=("app",)),
-    _a("a temporary table", "server", "CREATE TABLE pg_temp.evil (id int PRIMARY KEY)"),
-    _a("CREATE PUBLICATION", "server", "CREATE PUBLICATION evil FOR ALL TABLES"),
-    _a("CREATE SERVER", "server", "CREATE SERVER evil FOREIGN DATA WRAPPER postgres_fdw"),
+       "CREATE TABLE public.evil{n} (id int PRIMARY KEY)", roles=("app",)),
+    _a("a temporary table", "server", "CREATE TABLE pg_temp.evil{n} (id int PRIMARY KEY)"),
+    _a("CREATE PUBLICATION", "server", "CREATE PUBLICATION evil{n} FOR ALL TABLES"),
+    _a("CREATE SERVER", "server", "CREATE SERVER evil{n} FOREIGN DATA WRAPPER postgres_fdw"),
 ]
 
 
@@ -549,7 +552,7 @@ class Lab:
                 transform: Callable[[str], str] | None = None) -> Outcome:
         self.attempts += 1
         file = os.path.join(self.files, f"attempt-{self.attempts}")
-        values = {**self.context(role), "file": file,
+        values = {**self.context(role), "file": file, "n": str(self.attempts),
                   "victim_pid": str(self.victim_pids["admin" if role == "app" else "app"]),
                   "internal_pid": str(self.internal_pid),
                   "signed_replayed": self.signed[role],
