@@ -186,3 +186,25 @@ def test_our_tokens_verify(fixed_clock: datetime) -> None:
             lookup={"AKIDEXAMPLE": sigv4.Credentials("AKIDEXAMPLE", "other", "tok")}.get,
             now=fixed_clock,
         )
+
+
+def test_an_unexpected_parameter_is_named_only_when_it_is_a_plain_name(
+        fixed_clock: datetime) -> None:
+    # A lost '=' runs the session token into its parameter's name: the hint must not echo it.
+    session_token = "IQoJb3JpZ2luX2VjEFuzzSessionToken" * 8
+    creds = sigv4.Credentials("AKIDEXAMPLE", "secret", session_token)
+    host = "abc.dsql.us-east-1.on.aws"
+    token = sigv4.presign_token(host, "us-east-1", creds, now=fixed_clock)
+    kwargs: dict[str, Any] = dict(user="app", region="us-east-1", hosts=[host],
+                                  lookup={"AKIDEXAMPLE": creds}.get, now=fixed_clock)
+    # The name swallowed the value up to a '=' of its own.
+    merged = token.replace("X-Amz-Security-Token=", "X-Amz-Security-Token", 1).replace(
+        "&X-Amz-Signature", "=1&X-Amz-Signature", 1)
+    assert "X-Amz-Security-TokenIQoJ" in merged
+    with pytest.raises(sigv4.TokenRejected) as refused:
+        sigv4.verify_token(merged, **kwargs)
+    assert "IQoJb3JpZ2lu" not in str(refused.value)
+    assert "unexpected parameter (a name of" in str(refused.value)
+    with pytest.raises(sigv4.TokenRejected) as refused:
+        sigv4.verify_token(token + "&X-Amz-Extra=1", **kwargs)
+    assert str(refused.value).endswith("unexpected parameter X-Amz-Extra")

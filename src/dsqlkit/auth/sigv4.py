@@ -256,6 +256,17 @@ if TYPE_CHECKING:
     SecretLookup = Callable[[str], Credentials | None]
 
 
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def _name_shown(name: str) -> str:
+    """A parameter name as a hint may show it: a long or odd one may be a value run into
+    its name (a lost ``=``), such as the session token, and is not echoed."""
+    if 0 < len(name) <= 40 and name[0].isalpha() and _NAME_CHARS.issuperset(name):
+        return name
+    return f"(a name of {len(name)} characters)"
+
+
 def _fmt(moment: datetime) -> str:
     return moment.strftime(_DATE_FORMAT)
 
@@ -281,7 +292,7 @@ def verify_token(
         raise TokenRejected(f"malformed token: missing parameter {missing[0]}")
     unknown = sorted(set(p) - set(_REQUIRED) - {"X-Amz-Security-Token"})
     if unknown:
-        raise TokenRejected(f"malformed token: unexpected parameter {unknown[0]}")
+        raise TokenRejected(f"malformed token: unexpected parameter {_name_shown(unknown[0])}")
     if p["X-Amz-Algorithm"] != ALGORITHM:
         raise TokenRejected(f"unsupported signing algorithm; expected {ALGORITHM}")
     if p["X-Amz-SignedHeaders"] != "host":
