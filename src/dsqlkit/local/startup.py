@@ -209,8 +209,9 @@ async def _check_iam_mapping(backend: BackendSession, user: str) -> None:
     of the role admits it (see docs/local.md)."""
     link = backend.link
     link.write(wire.query(
+        # Qualified: the role's own search_path (ALTER ROLE ... SET) is in force already.
         "SELECT EXISTS (SELECT FROM sys.iam_pg_role_mappings WHERE pg_role_name = "
-        "current_user), rolsuper OR rolreplication OR rolbypassrls FROM pg_roles "
+        "current_user), rolsuper OR rolreplication OR rolbypassrls FROM pg_catalog.pg_roles "
         "WHERE rolname = current_user"))
     values: list[bytes | None] = []
     while True:
