@@ -375,23 +375,22 @@ def test_sessions_waiting_on_the_backend_are_counted(raw_client: type,
 def test_connection_age_cap(dsql_local: LocalDSQL) -> None:
     now = [1000.0]
     with LocalDSQL(dsql_local.data_dir, backend_url=dsql_local.backend_url, port=0,
-                   max_connection_age=60.0, clock=lambda: now[0]) as ep:
-        with psycopg.connect(ep.dsn(), autocommit=True) as idle, \
-                psycopg.connect(ep.dsn()) as busy:
+                   max_connection_age=60.0, clock=lambda: now[0]) as ep, \
+            psycopg.connect(ep.dsn(), autocommit=True) as idle, \
+            psycopg.connect(ep.dsn()) as busy:
+        idle.execute("SELECT 1")
+        busy.execute("SELECT 1")  # a transaction is open when the cap passes
+        ep.check_ages()
+        idle.execute("SELECT 1")  # not yet
+        now[0] += 61
+        ep.check_ages()
+        with pytest.raises(psycopg.OperationalError, match="connection age limit of 60s exceeded"):
             idle.execute("SELECT 1")
-            busy.execute("SELECT 1")  # a transaction is open when the cap passes
-            ep.check_ages()
-            idle.execute("SELECT 1")  # not yet
-            now[0] += 61
-            ep.check_ages()
-            with pytest.raises(psycopg.OperationalError,
-                               match="connection age limit of 60s exceeded"):
-                idle.execute("SELECT 1")
-            # The transaction is allowed to finish; then the session ends.
-            assert busy.execute("SELECT 2").fetchone() == (2,)
-            busy.commit()
-            with pytest.raises(psycopg.OperationalError):
-                busy.execute("SELECT 1")
+        # The transaction is allowed to finish; then the session ends.
+        assert busy.execute("SELECT 2").fetchone() == (2,)
+        busy.commit()
+        with pytest.raises(psycopg.OperationalError):
+            busy.execute("SELECT 1")
 
 
 def test_max_connections_quota(dsql_local: LocalDSQL) -> None:

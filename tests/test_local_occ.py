@@ -211,3 +211,25 @@ def test_hot_rows_conserve_money_without_waits_or_deadlocks(
     assert committed[0] > 0
     with conn(dsql_local) as c:
         assert c.execute(f"SELECT sum(v) FROM {table}").fetchone() == (0,)
+
+
+def test_every_block_runs_at_repeatable_read(dsql_local: LocalDSQL) -> None:
+    # Whatever the session's default says: here a function made behind the endpoint's back,
+    # on the backend itself, changes it (DSQL refuses every client spelling of that).
+    name = f"pick_rc_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsql_local.backend_dsn, autocommit=True) as backend:
+        backend.execute(f"CREATE FUNCTION public.{name}() RETURNS text LANGUAGE sql AS $$ "
+                        "SELECT set_config('default_transaction_isolation', 'read committed',"
+                        " false) $$")
+        backend.execute(f"GRANT EXECUTE ON FUNCTION public.{name}() TO PUBLIC")
+        try:
+            with conn(dsql_local) as a:
+                a.execute(f"SELECT {name}()")
+                assert a.execute("SHOW default_transaction_isolation").fetchone() == (
+                    "read committed",)
+                a.execute("BEGIN")
+                level = a.execute("SHOW transaction_isolation").fetchone()
+                a.execute("COMMIT")
+            assert level == ("repeatable read",)
+        finally:
+            backend.execute(f"DROP FUNCTION public.{name}()")

@@ -773,8 +773,11 @@ def log_records(text: str) -> list[str]:
 
 def _backends(info: EndpointInfo) -> int:
     with psycopg.connect(info.backend_dsn, autocommit=True) as conn:
+        # The endpoint's lock monitor opens its own connection the first time a statement
+        # waits; it is not a client's session.
         row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
-                           "'client backend' AND pid <> pg_backend_pid()").fetchone()
+                           "'client backend' AND pid <> pg_backend_pid() AND "
+                           "application_name <> 'dsqlkit-lock-monitor'").fetchone()
         return int(row[0]) if row else -1
 
 

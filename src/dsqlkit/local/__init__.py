@@ -350,6 +350,7 @@ class LocalDSQL:
                     kind=self.backend_kind,
                     max_connections=self.max_connections + 50,
                     durable=self._tmp is None,
+                    lock_wait_ms=max(1, round(self.lock_timeout * 1000)),
                 )
                 self._address = self.postgres.start()
             catalog.bootstrap(self._address)
@@ -398,8 +399,27 @@ class LocalDSQL:
     async def _serve_setup(self) -> None:
         server = self.build_server()
         self.port = _bind(server, self.bind_host, self.requested_port)
+        if self.postgres is not None and server.monitor is not None:
+            self._report_lock_waits(server.monitor)
         server.start_accepting()
         self._server = server
+
+    def _report_lock_waits(self, monitor: Any) -> None:
+        """The PostgreSQL we manage logs its lock waits: the lock monitor asks about them as
+        they are written, and keeps its polling as a slow safety net."""
+        from dsqlkit.local.occ.lockwaits import LockWaitParser
+
+        parser = LockWaitParser()
+        loop = asyncio.get_running_loop()
+
+        def listen(chunk: bytes) -> None:  # the log reader's thread
+            pids = parser.feed(chunk)
+            if pids:
+                with contextlib.suppress(RuntimeError):  # the loop closed: we are stopping
+                    loop.call_soon_threadsafe(monitor.reported, pids)
+
+        self.postgres.log_listeners[:] = [listen]
+        monitor.delay = max(monitor.delay, 0.05)
 
     def build_server(self) -> Any:
         from dsqlkit.local.faults import Faults

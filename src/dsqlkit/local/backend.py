@@ -22,10 +22,12 @@ import signal
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 from urllib.parse import unquote, urlsplit
 
 from dsqlkit.errors import LocalEndpointError
@@ -35,6 +37,12 @@ from dsqlkit.local.link import Link
 log = logging.getLogger(__name__)
 
 SOCKET_PORT = 5432
+# Server log settings the endpoint reads lock waits with (dsqlkit.local.occ.lockwaits).
+LOG_SETTINGS = {
+    "log_lock_waits": "on",
+    "log_line_prefix": "%m [%p] ",
+    "lc_messages": "C",
+}
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,7 @@ class ManagedPostgres:
         durable: bool = True,
         port: int = SOCKET_PORT,
         settings: dict[str, str] | None = None,
+        lock_wait_ms: int = 1,
     ) -> None:
         self.pgdata = pgdata
         self.bin_dir = bin_dir or find_bin_dir(kind)
@@ -156,6 +165,10 @@ class ManagedPostgres:
         self.user = _run_as_user()
         self.socket_dir = ""
         self.proc: subprocess.Popen[bytes] | None = None
+        # Called with every chunk of the server's log, from a thread of its own.
+        self.log_listeners: list[Callable[[bytes], None]] = []
+        # How long a lock wait lasts before PostgreSQL reports it (deadlock_timeout).
+        self.lock_wait_ms = lock_wait_ms
         self.log_path = pgdata.parent / "postgres.log"
 
     # -- lifecycle
@@ -215,7 +228,11 @@ class ManagedPostgres:
             "fsync": "on" if self.durable else "off",
             "full_page_writes": "on" if self.durable else "off",
             "max_locks_per_transaction": "256",
-            "deadlock_timeout": "5s",
+            # DSQL never makes a statement wait. PostgreSQL logs a lock wait once it lasted
+            # deadlock_timeout, which tells the endpoint to make way (dsqlkit.local.occ), and
+            # breaks a cycle of waiting statements then, as a conflict.
+            "deadlock_timeout": f"{self.lock_wait_ms}ms",
+            **LOG_SETTINGS,
             **self.extra_settings,
         }
         cmd = [str(self.bin_dir / "postgres"), "-D", str(self.pgdata)]
@@ -224,14 +241,38 @@ class ManagedPostgres:
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         try:
             self.proc = subprocess.Popen(  # type: ignore[call-overload]
-                cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.PIPE,
                 start_new_session=True, **self._popen_kwargs()
             )
         finally:
             logf.close()
+        assert self.proc is not None and self.proc.stderr is not None
+        threading.Thread(target=self._read_log, args=(self.proc.stderr,), daemon=True,
+                         name="dsqlkit-postgres-log").start()
         self._wait_ready(timeout)
         log.info("PostgreSQL (%s) ready on %s", self.bin_dir, self.socket_dir)
         return self.address
+
+    def _read_log(self, pipe: IO[bytes]) -> None:
+        """Copy the server's log to its file and to the listeners, as it is written. (It
+        must be read at once: a full pipe would block every backend that logs.)"""
+        fd = pipe.fileno()
+        with open(self.log_path, "ab") as logf:
+            while True:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                logf.write(chunk)
+                logf.flush()
+                for listener in list(self.log_listeners):
+                    try:
+                        listener(chunk)
+                    except Exception:  # a listener's bug must not stop the log
+                        log.exception("a PostgreSQL log listener failed")
+        pipe.close()
 
     @property
     def address(self) -> BackendAddress:

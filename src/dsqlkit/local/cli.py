@@ -130,9 +130,10 @@ def _add_endpoint_options(p: argparse.ArgumentParser) -> None:
         "--lock-timeout",
         type=float,
         default=0.001,
-        help="how long, in seconds, a statement may wait on another transaction's lock before "
-        "the endpoint makes way for it (DSQL never waits; default 0.001); with --occ statement, "
-        "the lock timeout after which the statement fails",
+        help="how long, in seconds, a statement waits on another transaction's lock before "
+        "the endpoint makes way for it (DSQL never waits; default 0.001, PostgreSQL's "
+        "shortest deadlock_timeout); with --occ statement, the lock timeout after which the "
+        "statement fails",
     )
     p.add_argument(
         "--schema-conflicts",

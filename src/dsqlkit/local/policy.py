@@ -50,6 +50,7 @@ OC001_FRAME = wire.error_response(OC001.sqlstate, OC001.message)
 # Text PostgreSQL cannot parse; its syntax error is replaced by the refusal.
 _REFUSED_SQL = "DSQLKIT REFUSED"
 _ROLLBACK_STATEMENT = "dsqlkit_rollback"
+_CLOSE_ROLLBACK = wire.message(wire.CLOSE, b"S" + _ROLLBACK_STATEMENT.encode() + b"\0")
 _MISSING_STATEMENT = "dsqlkit_missing"
 # Texts at least this long are analysed in a thread, off the event loop.
 _ANALYZE_INLINE = 65536
@@ -102,9 +103,10 @@ class StatementPolicy:
         self.prepared: dict[str, tuple[dialect.Analysis, list[int]]] = {}
         # The names among them that hold a COMMIT.
         self.prepared_commits: set[str] = set()
-        self._rollback_prepared = False
         self._pending_analysis: tuple[str, dialect.Analysis] | None = None
         self._catalog_answer: tuple[str, dict[int, _Fact]] | None = None
+        # Statements prepared by the unit in flight (their Parse applied the rules already).
+        self._parsed_now: set[str] = set()
         # What the unit in flight does besides reading and writing rows.
         self.unit_ddl_created: list[str] = []
         self.unit_ddl_changed: list[str] = []
@@ -114,6 +116,7 @@ class StatementPolicy:
         self.unit_ddl_created = []
         self.unit_ddl_changed = []
         self.unit_only_begin = False
+        self._parsed_now.clear()
 
     # -- the messages -----------------------------------------------------------------------
 
@@ -162,6 +165,7 @@ class StatementPolicy:
                   and analysis.statements[0].tcl_action == "commit")
         if name:
             self.prepared[name] = (analysis, oids)
+            self._parsed_now.add(name)
             if commit:
                 self.prepared_commits.add(name)
             else:
@@ -182,12 +186,20 @@ class StatementPolicy:
         """A Bind runs a prepared statement again: OC001 if the session's catalog of a table
         it uses is stale; and a named COMMIT must not commit a transaction that has to fail."""
         relay = self.relay
-        checks_schema = self.server.engine.schema_mode != "off" and bool(self.prepared)
-        if not checks_schema and (relay.txn_status != IN_BLOCK or not self.prepared_commits):
+        if not self.prepared:
             return None, None  # (PostgreSQL itself answers a malformed Bind with 08P01)
         _, statement = wire.parse_bind_names(frame)
-        prepared = self.prepared.get(statement) if checks_schema else None
-        if prepared is not None and relay.txn_status != FAILED:
+        prepared = self.prepared.get(statement)
+        if prepared is None:
+            return None, None
+        first = prepared[0].statements[0]
+        if first.tcl_action in ("begin", "rollback") and statement not in self._parsed_now:
+            # A prepared BEGIN or ROLLBACK (drivers prepare any statement they run often):
+            # the transaction rules follow the block it opens or ends.
+            self.rules.completed(first)
+            if first.tcl_action == "begin" and relay.first_of_unit:
+                self.unit_only_begin = True
+        if self.server.engine.schema_mode != "off" and relay.txn_status != FAILED:
             for stmt in prepared[0].statements:
                 if stmt.kind in STORAGE_KINDS and self.schema_conflict(stmt) is not None:
                     self.rules.errored(stmt)
@@ -201,14 +213,13 @@ class StatementPolicy:
         failure = self.commit_failure()
         if failure is None:
             return None, None
-        # Bind our own prepared ROLLBACK instead, and answer its Execute with the error.
+        # Bind our own prepared ROLLBACK instead, and answer its Execute with the error. (It
+        # is prepared afresh each time: the backend skips a Parse that follows an error.)
         relay.commit_error = failure
-        rebound = wire.rebind(frame, _ROLLBACK_STATEMENT)
-        if self._rollback_prepared:
-            return rebound, None
-        self._rollback_prepared = True
+        relay.expect.append((wire.CLOSE, DISCARD))
         relay.expect.append((wire.PARSE, DISCARD))
-        return wire.parse_message(_ROLLBACK_STATEMENT, "ROLLBACK", []) + rebound, None
+        return (_CLOSE_ROLLBACK + wire.parse_message(_ROLLBACK_STATEMENT, "ROLLBACK", [])
+                + wire.rebind(frame, _ROLLBACK_STATEMENT)), None
 
     def _analysis(self, sql: str) -> dialect.Analysis | None:
         """The analysis of ``sql``; None while a long text is analysed in a thread.

@@ -451,14 +451,19 @@ class Relay:
         self.write_backend(payload)
         self.hooks.started_waiting()
 
-    def send_again(self, unit: list[Message], expects: list[Expect]) -> None:
-        """Run a recorded unit again (its answer goes to the client as a unit's does)."""
+    def send_again(self, unit: list[Message], expects: list[Expect], *,
+                   prefix: bytes = b"") -> None:
+        """Run a recorded unit again, after the endpoint's ``prefix`` (a Query whose answer
+        is dropped); the unit's answer goes to the client as a unit's does."""
         self._reset_unit()
         self.recording = True
         self.unit_msgs = unit
         self.unit_expects = expects
         self._enter(Phase.ANSWERING)
         parts = []
+        if prefix:
+            parts.append(prefix)
+            self.expect.append((wire.QUERY, DISCARD))
         for mtype, frame in unit:
             if mtype == wire.PARSE and frame[5] != 0:
                 # The first run created this prepared statement; close it so that the

@@ -173,6 +173,9 @@ class Session:
         self._not_waiting()
         if self.occ.unit_done():
             return
+        monitor = self.server.monitor
+        if monitor is not None:
+            monitor.became_idle(self)  # those waiting on its locks may need it to make way
         relay = self.relay
         if self.expired and relay.txn_status == IDLE and not relay.held:
             relay.flush()
@@ -281,9 +284,6 @@ class Session:
     def lost(self) -> None:
         self.occ.lost()
 
-    def cancel_for_conflict(self) -> None:
-        self.occ.cancel_for_conflict()
-
     # ------------------------------------------------------------ ending
 
     def check_age(self) -> None:
@@ -333,6 +333,8 @@ class Session:
             return
         self.relay.close()
         self._not_waiting()
+        if self.server.monitor is not None:
+            self.server.monitor.forget(self)
         if self._age_timer is not None:
             self._age_timer.cancel()
         if self.key != (0, 0):

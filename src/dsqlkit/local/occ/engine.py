@@ -122,7 +122,6 @@ class Backend:
 
 class ActionKind(enum.Enum):
     PARK = "park"  # roll the holder back to its savepoint (it is idle)
-    CANCEL = "cancel"  # cancel the running statement of a transaction in a cycle of waits
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +145,7 @@ class Engine:
         # catalog version it saw at all (strict mode).
         self._seen: dict[int, dict[str, int]] = {}
         self._seen_any: dict[int, int] = {}
-        self.stats = {"collisions": 0, "parks": 0, "cancels": 0, "lost_at_commit": 0}
+        self.stats = {"collisions": 0, "parks": 0, "lost_at_commit": 0}
 
     # -- transactions ------------------------------------------------------------------------
 
@@ -293,61 +292,30 @@ class Engine:
 
         ``backends`` maps the backend pid of each client session to its state; waits of
         other backends (the endpoint's own work) are left to PostgreSQL. An idle holder
-        inside a transaction block is parked. A holder that is itself waiting in a cycle
-        that comes back to the waiter has its statement cancelled (it loses). A holder busy
-        with a statement, or outside a transaction block, finishes first.
+        inside a transaction block is parked. A holder busy with a statement, or outside a
+        transaction block, finishes first; statements that wait on each other in a cycle are
+        PostgreSQL's to break (its deadlock check, after a short ``deadlock_timeout``, fails
+        one of them, which counts as a conflict). A transaction that has lost never makes
+        another give way.
         """
-        waiting = {w.pid: w for w in waits if w.pid in backends}
         actions: dict[int, Action] = {}
-        # Backends whose statement is being cancelled: their waits are about to end.
-        cancelled: set[int] = set()
-        for wait in waiting.values():
-            if wait.pid in cancelled:
+        for wait in waits:
+            me = backends.get(wait.pid)
+            if me is None:
                 continue
-            me = backends[wait.pid]
             mine = self._txns.get(me.sid)
             if mine is not None and mine.lost is not None:
-                # A transaction that has lost must not disturb live ones: it waits (briefly:
-                # its locks are released and it goes on in a scratch transaction whose lock
-                # waits time out at once).
                 continue
             for pid in wait.blockers:
                 holder = backends.get(pid)
                 if holder is None:
                     continue
                 self.collide(me.sid, holder.sid, wait.kind)
-                if holder.sid in actions:
-                    continue
                 txn = self._txns.get(holder.sid)
-                if holder.idle:
-                    if txn is not None and txn.parkable and txn.state is not TxnState.PARKED:
-                        actions[holder.sid] = Action(ActionKind.PARK, holder.sid)
-                elif pid in waiting and self._reaches(waiting, pid, wait.pid, cancelled):
-                    victim, victim_pid = (holder.sid, pid) if txn is not None else (
-                        me.sid, wait.pid)
-                    if victim not in actions:
-                        actions[victim] = Action(ActionKind.CANCEL, victim)
-                        cancelled.add(victim_pid)
-                        self.stats["cancels"] += 1
+                if (holder.idle and holder.sid not in actions and txn is not None
+                        and txn.parkable and txn.state is not TxnState.PARKED):
+                    actions[holder.sid] = Action(ActionKind.PARK, holder.sid)
         return list(actions.values())
-
-    @staticmethod
-    def _reaches(waiting: Mapping[int, Wait], start: int, goal: int,
-                 cancelled: set[int]) -> bool:
-        seen = {start}
-        stack = [start]
-        while stack:
-            pid = stack.pop()
-            wait = waiting.get(pid)
-            if wait is None or pid in cancelled:
-                continue
-            for nxt in wait.blockers:
-                if nxt == goal:
-                    return True
-                if nxt not in seen:
-                    seen.add(nxt)
-                    stack.append(nxt)
-        return False
 
     # -- schema versions (OC001) -------------------------------------------------------------
 

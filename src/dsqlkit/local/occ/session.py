@@ -6,11 +6,12 @@
   releases the block's locks and keeps its REPEATABLE READ snapshot.
 * *Replay*: before a parked block runs again, its recorded units run again in the same
   snapshot; their answers must digest to what the client was sent, or the block has lost.
-* A block that lost goes on in a *scratch* transaction (READ COMMITTED, its units replayed so
-  that it reads its own writes, a 1 ms lock timeout); a unit that would wait there answers
-  from its dry run (:mod:`dsqlkit.local.occ.dryrun`), and its COMMIT fails.
+* A block that lost goes on in its own snapshot, from its savepoint (its earlier writes are
+  gone), with a 1 ms lock timeout: each unit runs in a savepoint of its own, and a unit that
+  would wait, or that meets a row committed since the snapshot, answers from its dry run
+  (:mod:`dsqlkit.local.occ.dryrun`) instead. Its COMMIT fails.
 * A conflict PostgreSQL reports at a statement (a row committed since the snapshot) is hidden:
-  the unit runs again in the scratch transaction.
+  the block has lost, and the unit answers from its dry run.
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol
 
 from dsqlkit.local import dialect, wire
-from dsqlkit.local.backend import BackendSession, send_cancel
+from dsqlkit.local.backend import BackendSession
 from dsqlkit.local.occ.dryrun import DryRun, dry_run
 from dsqlkit.local.occ.engine import Conflict
 from dsqlkit.local.policy import ANY_STATEMENT, OC000_FRAME, StatementPolicy
@@ -50,15 +50,18 @@ log = logging.getLogger(__name__)
 # PostgreSQL's ways of saying that another transaction won: a serialization failure, a lock
 # wait cut short by lock_timeout, a deadlock.
 _CONFLICT_STATES = frozenset({"40001", "55P03", "40P01"})
-# Inside a scratch transaction a lock wait means the dry run is needed: keep it short.
-_SCRATCH_LOCK_TIMEOUT_MS = 1
-# A statement cancelled within this many seconds after the endpoint asked for it was
-# cancelled by the endpoint (a cancel request reaches the backend some time after it is sent,
-# possibly after the statement it aimed at).
-_CANCEL_WINDOW = 1.0
 _SAVEPOINT_UNIT = wire.query("SAVEPOINT dsqlkit_unit")
 _ROLLBACK_TO_UNIT = wire.query("ROLLBACK TO SAVEPOINT dsqlkit_unit")
+# A lost block goes on from its savepoint, in its snapshot; there a lock wait means the dry
+# run is needed, so the wait is kept short. (SET LOCAL here lasts until the block's savepoint
+# is rolled back to again.)
+_LOST_START = wire.query("ROLLBACK TO SAVEPOINT dsqlkit_txn; SET LOCAL lock_timeout = 1; "
+                         "SAVEPOINT dsqlkit_unit")
 SAVEPOINT_TXN = wire.query("SAVEPOINT dsqlkit_txn")
+# A block's first message to the backend: DSQL's isolation level whatever the session's
+# default says (a client could change that through a function), then the savepoint.
+_BLOCK_START = wire.query(
+    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; SAVEPOINT dsqlkit_txn")
 _ROLLBACK_TO_TXN = wire.query("ROLLBACK TO SAVEPOINT dsqlkit_txn")
 _READ_KINDS = frozenset({"select", "show", "set", "empty"})
 
@@ -96,17 +99,10 @@ class SessionOcc:
         self.savepoint = False
         # The backend was rolled back to dsqlkit_txn (parked): replay before running again.
         self.backend_parked = False
-        # The block lost and continues in a scratch transaction.
-        self.in_scratch = False
-        # The scratch transaction was rolled back to make way for another session: it is
-        # rebuilt before its next unit.
-        self.scratch_stale = False
+        # The block lost and goes on from its savepoint (see the module docs).
+        self.lost_mode = False
         # The block lost while a statement of it ran: release its locks once it is idle.
         self.park_when_idle = False
-        # When the endpoint last cancelled this backend's statement, and whether that cancel
-        # has not been seen yet (one at a time: a second one could hit the endpoint's work).
-        self.cancelled_at = -_CANCEL_WINDOW
-        self.cancel_pending = False
         # The tables the block's DDL created and changed.
         self.txn_ddl = False
         self.txn_ddl_created: list[str] = []
@@ -117,38 +113,40 @@ class SessionOcc:
 
     def unit_begins(self, mtype: int, data: bytes, start: int, end: int) -> bool:
         """A unit starts (the relay is between units). False: the backend must first be
-        brought back (a parked block replays, a lost one moves to its scratch
-        transaction); the relay holds until then."""
+        brought back (a parked block replays); the relay holds until then. A lost block
+        goes on from its savepoint (see the module docs)."""
         relay = self.relay
         engine = self.server.engine
         sid = self.host.sid
         in_block = relay.txn_status == IN_BLOCK
         if in_block and self.commit_mode and self.savepoint:
             txn = engine.txn(sid)
-            if self.backend_parked and txn is not None:
-                ends = self.policy.ends_block(mtype, data, start, end)
-                if txn.lost is None and ends != "rollback":
-                    self.host.hold_for(self._replay())
-                    return False
-                if txn.lost is not None and ends is None:
-                    self.host.hold_for(self._start_scratch())
-                    return False
-            elif self.in_scratch and self.scratch_stale:
-                self.host.hold_for(self._start_scratch())
+            if txn is not None and txn.lost is None and self.backend_parked and (
+                    self.policy.ends_block(mtype, data, start, end) != "rollback"):
+                self.host.hold_for(self._replay())
                 return False
         relay.recording = in_block and self.commit_mode
         if in_block and engine.txn(sid) is None:
             # The block's first statement: it takes the snapshot, after the savepoint that
             # lets the endpoint park the block (possible only if nothing ran in it yet).
             clean = self.block_clean or relay.deferred_begin is not None
+            if not clean:
+                log.debug("session %s: a block with statements before its savepoint", sid)
             engine.begin(sid, parkable=self.commit_mode and clean)
             relay.txn_hash = hashlib.blake2b(digest_size=16)
             if self.commit_mode and clean:
-                relay.prefix(SAVEPOINT_TXN)
+                relay.prefix(_BLOCK_START)
                 self.savepoint = True
         self.block_clean = False
-        if self.in_scratch and in_block:
-            relay.prefix(_SAVEPOINT_UNIT)
+        if in_block and self.savepoint:
+            txn = engine.txn(sid)
+            if txn is not None and txn.lost is not None:
+                if self.lost_mode:
+                    relay.prefix(_SAVEPOINT_UNIT)
+                elif self.policy.ends_block(mtype, data, start, end) is None:
+                    relay.prefix(_LOST_START)
+                    self.lost_mode = True
+                    self.backend_parked = False
         return True
 
     def conflict_answer(self, fields: dict[str, str]) -> tuple[bool, bytes | None]:
@@ -156,18 +154,14 @@ class SessionOcc:
         a recorded unit is hidden (b"": the unit runs again); elsewhere it becomes DSQL's
         OC000 (None: as it is, with ``--occ off``)."""
         sqlstate = fields.get("C", "")
-        if sqlstate == "57014" and self._our_cancel():
-            # The endpoint cancelled the statement to break a cycle of lock waits: this
-            # transaction gives way, as a conflict.
-            sqlstate = "40001"
-        elif sqlstate == "25P02" and not self.policy.rules.failed:
+        if sqlstate == "25P02" and not self.policy.rules.failed:
             # The backend's block failed where the client's did not: the endpoint's own work
             # on it was interrupted. The block cannot go on as it was: treat as lost.
             sqlstate = "40001"
         if sqlstate not in _CONFLICT_STATES:
             return False, None
-        if self.relay.absorb(fields):
-            return True, b""
+        if self.relay.conflict is not None or self.relay.absorb(fields):
+            return True, b""  # the unit runs again; its errors too are not the client's
         self.policy.rules.errored(ANY_STATEMENT)
         return True, OC000_FRAME if self.server.config.occ_mode != "off" else None
 
@@ -218,8 +212,7 @@ class SessionOcc:
         self.txn_ddl = False
         self.txn_ddl_created = []
         self.txn_ddl_changed = []
-        self.in_scratch = False
-        self.scratch_stale = False
+        self.lost_mode = False
         self.savepoint = False
         self.backend_parked = False
         self.block_clean = False
@@ -241,55 +234,34 @@ class SessionOcc:
     def park(self) -> None:
         """Release this block's locks for a session that waits on them (the lock monitor
         asks): roll back to the block's savepoint, keeping its snapshot."""
-        if (not self.host.backend_idle() or not self.savepoint
-                or self.relay.txn_status != IN_BLOCK or self.backend_parked
-                or self.scratch_stale):
+        if not self.host.backend_idle() or not self.savepoint or self.backend_parked:
             return
-        self.host.hold_for(self._park())
+        status = self.relay.txn_status
+        if status == IN_BLOCK:
+            self.host.hold_for(self._park())
+        elif status == FAILED and self.lost_mode:
+            # A statement of the lost block failed: only its own savepoint was rolled back,
+            # and the block's earlier units still hold their locks.
+            self.host.hold_for(self._release_failed())
+
+    async def _release_failed(self) -> None:
+        log.debug("session %s: its failed block makes way", self.host.sid)
+        # Roll back everything, and fail the block again: the client must still see it
+        # failed (only ROLLBACK helps), and it now holds no lock.
+        await self._internal(_ROLLBACK_TO_TXN + wire.query("SELECT 1/0"), 2)
+        self.backend_parked = True
 
     async def _park(self) -> None:
-        log.debug("session %s makes way (scratch: %s)", self.host.sid, self.in_scratch)
+        log.debug("session %s makes way (lost: %s)", self.host.sid, self.lost_mode)
         await self._internal(_ROLLBACK_TO_TXN, 1)
-        if self.in_scratch:
-            self.scratch_stale = True
-        else:
-            self.backend_parked = True
-            self.server.engine.parked(self.host.sid)
+        self.backend_parked = True
+        # A lost block starts again from its savepoint at its next unit.
+        self.lost_mode = False
+        self.server.engine.parked(self.host.sid)
 
-    def cancel_for_conflict(self) -> None:
-        """Cancel the running statement: it is part of a cycle of lock waits; it gives way as
-        a conflict."""
-        backend = self.host.backend
-        if backend is None or not self.relay.busy:
-            return
-        if self.cancel_pending and time.monotonic() - self.cancelled_at < _CANCEL_WINDOW:
-            return
-        self.cancel_pending = True
-        self.cancelled_at = time.monotonic()
-        log.debug("session %s: cancelling its statement (a cycle of lock waits)",
-                  self.host.sid)
-        self.host.spawn(send_cancel(self.server.backend_address(), backend.pid,
-                                    backend.secret))
-
-    def _our_cancel(self) -> bool:
-        """Whether a 57014 just seen comes from the endpoint's cancel. (PostgreSQL signals a
-        cancelled backend twice, to its pid and to its process group, so one cancel request
-        can interrupt two statements in a row.)"""
-        if time.monotonic() - self.cancelled_at < _CANCEL_WINDOW:
-            self.cancel_pending = False
-            return True
-        return False
-
-    async def _internal(self, payload: bytes, ready: int, *, hashed: bool = False,
-                        again: bool = True) -> Collector:
-        """The endpoint's own messages; run once more if the endpoint's cancel (meant for a
-        client statement that had ended meanwhile) interrupted them."""
-        collected = await self.host.run_internal(payload, ready, hashed=hashed)
-        if any(e.get("C") == "57014" for e in collected.errors) and self._our_cancel():
-            log.debug("session %s: the endpoint's cancel hit its own work", self.host.sid)
-            if again:
-                collected = await self.host.run_internal(payload, ready, hashed=hashed)
-        return collected
+    async def _internal(self, payload: bytes, ready: int, *,
+                        hashed: bool = False) -> Collector:
+        return await self.host.run_internal(payload, ready, hashed=hashed)
 
     async def _replay(self) -> None:
         """A parked block runs its statements again, in its own snapshot, before anything
@@ -298,71 +270,58 @@ class SessionOcc:
         payload, ready = self.relay.log_payload()
         same = True
         if ready:
-            collected = await self._internal(payload, ready, hashed=True, again=False)
-            same = not collected.errors and collected.digest() == self.relay.txn_hash.digest()
+            collected = await self._internal(payload, ready, hashed=True)
+            same = (not collected.errors
+                    and collected.digest() == self.relay.txn_hash.digest())
         if same:
-            log.debug("session %s replayed %d messages", self.host.sid, ready)
+            log.debug("session %s replayed its block", self.host.sid)
             self.backend_parked = False
             self.server.engine.replayed(self.host.sid)
             return
-        log.debug("session %s: its replay differs (%s); it has lost", self.host.sid,
-                  collected.errors[0].get("C") if ready and collected.errors else "answers")
-        await self._internal(_ROLLBACK_TO_TXN, 1)
+        log.debug("session %s: its replay differs; it has lost", self.host.sid)
         self.server.engine.lose(self.host.sid, Conflict.DATA)
+        # Roll back what the replay left; the block goes on from its savepoint as a lost
+        # one at its next unit.
+        await self._internal(_ROLLBACK_TO_TXN, 1)
 
     # -- a lost transaction goes on ------------------------------------------------------------
 
     async def _absorb_conflict(self, unit: list[Message], expects: list[Expect]) -> None:
         """PostgreSQL refused this unit with a conflict inside a transaction block, where
-        DSQL would answer the statement and fail the COMMIT: the block has lost. It goes on
-        in a scratch transaction, where the unit runs again for the client; if the unit
-        would wait on a lock there, its dry run answers instead; if it has none, the
-        conflict is reported at this statement."""
+        DSQL would answer the statement and fail the COMMIT: the block has lost. The unit
+        answers from its dry run, in the block's snapshot (the block goes on from its
+        savepoint); a unit with no dry run runs again there if it has not already, and else
+        reports the conflict at this statement."""
+        sid = self.host.sid
         if _commits(unit):
-            # The unit also commits: running it again would commit the scratch transaction.
-            self.server.engine.lose(self.host.sid, Conflict.DATA)
+            # The unit also commits: running any of it again would commit.
+            self.server.engine.lose(sid, Conflict.DATA)
             await self._fail_at_statement(unit)
             return
-        if not self.in_scratch:
-            log.debug("session %s: conflict (%s): continuing in a scratch transaction",
-                      self.host.sid, (self.relay.conflict or {}).get("C"))
-            self.server.engine.lose(self.host.sid, Conflict.DATA)
-            await self._start_scratch()
-            if await self._run_again(unit, expects):
-                return
-        # The unit waited on a lock in the scratch transaction: undo it to the savepoint taken
-        # before it and answer with its dry run.
-        await self._internal(_ROLLBACK_TO_UNIT, 1)
+        first = not self.lost_mode
+        if first:
+            log.debug("session %s: conflict (%s): it has lost", sid,
+                      (self.relay.conflict or {}).get("C"))
+            self.server.engine.lose(sid, Conflict.DATA)
+            start = _LOST_START
+            self.lost_mode = True
+            self.backend_parked = False
+        else:
+            start = _ROLLBACK_TO_UNIT
         dry = self._dry_unit(unit)
-        if dry is not None and await self._run_again(*dry):
+        if dry is not None and await self._run_again(*dry, prefix=start):
             return
-        log.debug("session %s: no lock-free answer; reporting the conflict now",
-                  self.host.sid)
+        if dry is None and first and await self._run_again(unit, expects, prefix=start):
+            return
+        log.debug("session %s: no lock-free answer; reporting the conflict now", sid)
         await self._fail_at_statement(unit)
 
-    async def _start_scratch(self) -> None:
-        """Roll back, begin a READ COMMITTED transaction with a short lock timeout, and
-        replay the block's earlier units in it so that it sees its own writes; if replaying
-        fails (it may wait on the winner's locks), go on without them."""
-        begin = (wire.query("ROLLBACK") + wire.query("BEGIN ISOLATION LEVEL READ COMMITTED")
-                 + wire.query(f"SET LOCAL lock_timeout = {_SCRATCH_LOCK_TIMEOUT_MS}")
-                 + SAVEPOINT_TXN)
-        payload, ready = self.relay.log_payload()
-        collected = await self._internal(begin + payload, 4 + ready, again=False)
-        if collected.errors:
-            log.debug("session %s: scratch replay failed (%s); it starts empty",
-                      self.host.sid, collected.errors[0].get("C"))
-            await self._internal(begin, 4)
-        await self._internal(_SAVEPOINT_UNIT, 1)
-        self.in_scratch = True
-        self.scratch_stale = False
-        self.savepoint = True
-        self.backend_parked = False
-
-    async def _run_again(self, unit: list[Message], expects: list[Expect]) -> bool:
-        """Send the unit again; its answer goes to the client. False on another conflict."""
+    async def _run_again(self, unit: list[Message], expects: list[Expect], *,
+                         prefix: bytes = b"") -> bool:
+        """Send the unit again (after the endpoint's ``prefix``, a Query whose answer is
+        dropped); its answer goes to the client. False on another conflict."""
         self._rerun = asyncio.get_running_loop().create_future()
-        self.relay.send_again(unit, expects)
+        self.relay.send_again(unit, expects, prefix=prefix)
         return await self._rerun
 
     def _dry_unit(self, unit: list[Message]) -> tuple[list[Message], list[Expect]] | None:
@@ -428,7 +387,7 @@ class SessionOcc:
         await self._internal(
             wire.query("ROLLBACK") + wire.query("BEGIN") + wire.query("SELECT 1/0"), 3)
         relay = self.relay
-        self.in_scratch = False
+        self.lost_mode = False
         self.savepoint = False
         relay.txn_status = FAILED
         self.policy.rules.errored(ANY_STATEMENT)

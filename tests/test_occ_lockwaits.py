@@ -1,0 +1,261 @@
+"""Lock waits as PostgreSQL logs them, and what the lock monitor does about them.
+
+The parser and the monitor's decisions are driven without sockets (the monitor's question to
+PostgreSQL answered from a script); one test reads the log of a real PostgreSQL to pin the
+format the parser expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+import psycopg
+import pytest
+
+from dsqlkit.local import LocalDSQL
+from dsqlkit.local.backend import BackendAddress
+from dsqlkit.local.occ.engine import Engine, Wait, WaitKind
+from dsqlkit.local.occ.lockwaits import LockWaitParser
+from dsqlkit.local.occ.monitor import LockMonitor
+
+WAIT = (b"2026-12-03 07:14:01.123 UTC [12345] LOG:  process 12345 still waiting for ShareLock "
+        b"on transaction 789 after 1.023 ms\n"
+        b"2026-12-03 07:14:01.123 UTC [12345] DETAIL:  Process holding the lock: 4321. "
+        b"Wait queue: 12345.\n")
+
+
+def test_a_wait_in_one_chunk() -> None:
+    assert LockWaitParser().feed(WAIT) == [12345]
+
+
+@pytest.mark.parametrize("cut", range(1, len(WAIT)))
+def test_a_wait_cut_anywhere(cut: int) -> None:
+    parser = LockWaitParser()
+    assert parser.feed(WAIT[:cut]) + parser.feed(WAIT[cut:]) == [12345]
+
+
+def test_a_wait_byte_by_byte() -> None:
+    parser = LockWaitParser()
+    assert [p for i in range(len(WAIT)) for p in parser.feed(WAIT[i:i + 1])] == [12345]
+
+
+def test_every_kind_of_wait() -> None:
+    log = (b"t [7] LOG:  process 7 still waiting for AccessExclusiveLock on relation 16384 of "
+           b"database 5 after 1.001 ms\n"
+           b"t [8] LOG:  process 8 still waiting for ShareLock on tuple (0,1) of relation 1 "
+           b"of database 5 after 1.2 ms\n"
+           b"t [9] LOG:  process 9 still waiting for ExclusiveLock on advisory lock "
+           b"[5,1,0,1] after 1.0 ms\n"
+           b"t [7] DETAIL:  Processes holding the lock: 3, 4, 5. Wait queue: 7.\n")
+    assert LockWaitParser().feed(log) == [7, 8, 9]
+
+
+def test_lines_that_are_not_waits_are_ignored() -> None:
+    log = (b"t [5] ERROR:  could not serialize access due to concurrent update\n"
+           b"t [5] STATEMENT:  UPDATE t SET v = 1\n"
+           b"t [6] LOG:  process 6 acquired ShareLock on transaction 1 after 3.1 ms\n"
+           b"t [8] LOG:  process 9 still waiting for ShareLock on transaction 1 after 1 ms\n"
+           b"\x00\xff garbage \xfe\n"
+           b"t [x] LOG:  process x still waiting for ShareLock\n"
+           b"t [99999999999] LOG:  process 99999999999 still waiting for ShareLock\n")
+    assert LockWaitParser().feed(log) == []
+
+
+def test_an_endless_line_is_dropped_and_the_parser_goes_on() -> None:
+    parser = LockWaitParser()
+    assert parser.feed(b"x" * (1 << 17)) == []
+    assert parser.feed(b"y" * (1 << 17)) == []
+    assert parser.feed(b"\n" + WAIT) == [12345]
+
+
+def test_postgresql_logs_a_wait_as_the_parser_expects(dsql_local: LocalDSQL) -> None:
+    # The real server the endpoint manages, its real log: a row lock wait is reported about
+    # deadlock_timeout after it began.
+    if dsql_local.postgres is None:
+        pytest.skip("the endpoint does not manage its PostgreSQL")
+    parser = LockWaitParser()
+    seen: list[int] = []
+    got = threading.Event()
+
+    def listen(chunk: bytes) -> None:
+        for pid in parser.feed(chunk):
+            seen.append(pid)
+            got.set()
+
+    dsql_local.postgres.log_listeners.append(listen)
+    try:
+        with psycopg.connect(dsql_local.backend_dsn, autocommit=True) as a, \
+                psycopg.connect(dsql_local.backend_dsn, autocommit=True) as b:
+            a.execute("CREATE TABLE IF NOT EXISTS lockwait_probe (id int PRIMARY KEY)")
+            a.execute("INSERT INTO lockwait_probe VALUES (1) ON CONFLICT DO NOTHING")
+            holder = a.info.backend_pid
+            waiter = b.info.backend_pid
+            a.execute("BEGIN")
+            a.execute("UPDATE lockwait_probe SET id = 1")
+            b.execute("SET lock_timeout = '5s'")
+            blocked = threading.Thread(
+                target=lambda: _ignore_errors(b, "UPDATE lockwait_probe SET id = 1"))
+            blocked.start()
+            assert got.wait(10), "no lock wait reported in the server's log"
+            a.execute("ROLLBACK")
+            blocked.join(10)
+            a.execute("DROP TABLE lockwait_probe")
+    finally:
+        dsql_local.postgres.log_listeners.remove(listen)
+    assert waiter in seen and holder not in seen
+
+
+def _ignore_errors(conn: psycopg.Connection[tuple[object, ...]], sql: str) -> None:
+    try:
+        conn.execute(sql)
+    except psycopg.Error:
+        pass
+
+
+# -- the monitor's decisions -------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class FakeSession:
+    sid: int
+    backend_pid: int | None
+    idle: bool = True
+    parks: list[int] = field(default_factory=list)
+
+    def backend_idle(self) -> bool:
+        return self.idle
+
+    def park(self) -> None:
+        self.parks.append(self.sid)
+
+
+class ScriptedMonitor(LockMonitor):
+    """The monitor, with PostgreSQL's answer to its question taken from ``truth``."""
+
+    def __init__(self, engine: Engine, sessions: list[FakeSession]) -> None:
+        super().__init__(engine, lambda: BackendAddress("/nowhere", 1, "nobody"),
+                         lambda: sessions, delay=60.0)
+        self.truth: list[Wait] = []
+        self.asked: list[list[int]] = []
+        self.answered = asyncio.Event()
+
+    async def _ask(self, pids: list[int]) -> list[Wait]:
+        self.asked.append(sorted(pids))
+        self.answered.set()
+        return [w for w in self.truth if w.pid in pids]
+
+    async def poll_done(self) -> None:
+        await asyncio.wait_for(self.answered.wait(), 5)
+        self.answered.clear()
+        await asyncio.sleep(0)  # the monitor acts on the answer
+
+
+def _pair(*, holder_idle: bool) -> tuple[Engine, FakeSession, FakeSession]:
+    engine = Engine()
+    engine.begin(1)
+    engine.begin(2)
+    return engine, FakeSession(1, 101, idle=holder_idle), FakeSession(2, 102, idle=False)
+
+
+def test_a_reported_wait_is_checked_with_postgresql_then_the_idle_holder_parks() -> None:
+    async def run() -> None:
+        engine, holder, waiter = _pair(holder_idle=True)
+        monitor = ScriptedMonitor(engine, [holder, waiter])
+        monitor.truth = [Wait(102, WaitKind.ROW, (101,))]
+        monitor.start()
+        monitor.started_waiting(waiter)
+        monitor.reported([102])
+        await monitor.poll_done()
+        assert monitor.asked == [[102]]  # at once, not after the 60 s poll delay
+        assert holder.parks == [1]
+        assert monitor.stats["waits_reported"] == 1
+        await monitor.stop()
+    asyncio.run(run())
+
+
+def test_a_forged_report_parks_no_one() -> None:
+    # A client's text in the log looks like a wait; PostgreSQL says otherwise.
+    async def run() -> None:
+        engine, holder, waiter = _pair(holder_idle=True)
+        monitor = ScriptedMonitor(engine, [holder, waiter])
+        monitor.start()
+        monitor.started_waiting(waiter)
+        monitor.reported([102])
+        await monitor.poll_done()
+        assert holder.parks == []
+        assert engine.txn(1) is not None and not engine.txn(1).partners  # type: ignore[union-attr]
+        await monitor.stop()
+    asyncio.run(run())
+
+
+def test_a_busy_holder_makes_way_when_it_becomes_idle() -> None:
+    async def run() -> None:
+        engine, holder, waiter = _pair(holder_idle=False)
+        monitor = ScriptedMonitor(engine, [holder, waiter])
+        monitor.truth = [Wait(102, WaitKind.ROW, (101,))]
+        monitor.start()
+        monitor.started_waiting(waiter)
+        monitor.reported([102])
+        await monitor.poll_done()
+        assert holder.parks == []
+        holder.idle = True
+        monitor.became_idle(holder)
+        assert holder.parks == [1]
+        monitor.became_idle(holder)  # once only
+        assert holder.parks == [1]
+        await monitor.stop()
+    asyncio.run(run())
+
+
+def test_no_way_is_made_for_a_session_that_stopped_waiting() -> None:
+    async def run() -> None:
+        engine, holder, waiter = _pair(holder_idle=False)
+        monitor = ScriptedMonitor(engine, [holder, waiter])
+        monitor.truth = [Wait(102, WaitKind.ROW, (101,))]
+        monitor.start()
+        monitor.started_waiting(waiter)
+        monitor.reported([102])
+        await monitor.poll_done()
+        monitor.stopped_waiting(waiter)  # its statement got its answer meanwhile
+        holder.idle = True
+        monitor.became_idle(holder)
+        assert holder.parks == []
+        await monitor.stop()
+    asyncio.run(run())
+
+
+def test_reports_of_sessions_not_waiting_or_unknown_ask_nothing() -> None:
+    async def run() -> None:
+        engine, holder, other = _pair(holder_idle=True)
+        monitor = ScriptedMonitor(engine, [holder, other])
+        monitor.start()
+        # 102 is not waiting on the endpoint's side (a late log line); 999 is not a client's.
+        monitor.reported([102, 999])
+        assert monitor.stats["waits_reported"] == 0
+        monitor.started_waiting(other)
+        monitor.reported([102])
+        await monitor.poll_done()
+        assert monitor.asked == [[102]]
+        await monitor.stop()
+    asyncio.run(run())
+
+
+def test_a_closed_session_is_forgotten() -> None:
+    async def run() -> None:
+        engine, holder, waiter = _pair(holder_idle=False)
+        monitor = ScriptedMonitor(engine, [holder, waiter])
+        monitor.truth = [Wait(102, WaitKind.ROW, (101,))]
+        monitor.start()
+        monitor.started_waiting(waiter)
+        monitor.reported([102])
+        await monitor.poll_done()
+        monitor.forget(holder)
+        monitor.forget(waiter)
+        assert monitor.waiting == {}
+        holder.idle = True
+        monitor.became_idle(holder)
+        assert holder.parks == []
+        await monitor.stop()
+    asyncio.run(run())
