@@ -1,8 +1,11 @@
 """Time that tests move by hand, and the events they wait for instead of sleeping.
 
-A :class:`ManualClock` drives a :class:`~dsqlkit.auth.tokens.TokenProvider` (``clock=``) and
-the pools' lifetimes (``clock=``); a test moves it, calls ``provider.wake()`` and waits on
-:class:`Mints` (the provider's ``on_mint`` hook) for the mint that follows.
+A :class:`ManualClock` drives a :class:`~dsqlkit.auth.tokens.TokenProvider` (``clock=``),
+the pools' lifetimes (``clock=``) and the local endpoint's connection and transaction ages
+and connection-rate quota (``LocalDSQL(clock=)``); a test moves it, then calls
+``provider.wake()`` and waits on :class:`Mints` (the provider's ``on_mint`` hook) for the
+mint that follows, or calls the endpoint's ``check_ages()``. :func:`settles` waits for a
+state another thread reaches.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 
 class ManualClock:
@@ -56,3 +60,13 @@ class Mints:
     async def await_(self, count: int, timeout: float = 10.0) -> list[BaseException | None]:
         # A worker thread waits, so that a refresh task keeps running on the event loop.
         return await asyncio.to_thread(self.wait, count, timeout)
+
+
+def settles(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Block until ``condition()`` holds: for a state another thread reaches (the endpoint
+    saw a socket close, a worker started) when it offers no event to wait on. It is polled
+    every few milliseconds; ``timeout`` only bounds a run that never gets there."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.002)

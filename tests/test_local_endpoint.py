@@ -21,6 +21,7 @@ import botocore.session
 import psycopg
 import pytest
 
+from clock_support import settles
 from dsqlkit.auth import sigv4
 from dsqlkit.local import LocalDSQL, wire
 
@@ -404,18 +405,28 @@ def test_max_connections_quota(dsql_local: LocalDSQL) -> None:
         finally:
             a.close()
             b.close()
-        time.sleep(0.1)
+        # The slots come back when the endpoint has seen both sessions end.
+        settles(lambda: ep.server.open_connections == 0, "the sessions to end")
         psycopg.connect(ep.dsn()).close()
 
 
 def test_connection_rate_quota(dsql_local: LocalDSQL) -> None:
+    # The token bucket refills on the endpoint's injected clock: the test moves it.
+    now = [1000.0]
     with LocalDSQL(dsql_local.data_dir, backend_url=dsql_local.backend_url, port=0,
-                   connection_rate=1.0, connection_burst=2) as ep:
+                   connection_rate=1.0, connection_burst=2, clock=lambda: now[0]) as ep:
         psycopg.connect(ep.dsn()).close()
         psycopg.connect(ep.dsn()).close()
         assert "Unable to accept connection, rate exceeded." in connect_error(ep)
-        time.sleep(1.1)
+        now[0] += 0.5  # half a token
+        assert "Unable to accept connection, rate exceeded." in connect_error(ep)
+        now[0] += 0.5  # one token
         psycopg.connect(ep.dsn()).close()
+        assert "Unable to accept connection, rate exceeded." in connect_error(ep)
+        now[0] += 10  # the bucket holds no more than the burst
+        psycopg.connect(ep.dsn()).close()
+        psycopg.connect(ep.dsn()).close()
+        assert "Unable to accept connection, rate exceeded." in connect_error(ep)
 
 
 @pytest.fixture

@@ -176,8 +176,8 @@ class LocalDSQL:
         # rules=False relays statements untouched: for measuring what DSQL's rules cost.
         self.rules = rules
         self.transaction_age_limit = transaction_age_limit
-        # Injected clocks (tests): connection ages, and token expiry. After moving ``clock``,
-        # call check_ages().
+        # Injected clocks (tests): connection and transaction ages and the connection-rate
+        # quota, and token expiry. After moving ``clock``, call check_ages().
         self.clock = clock
         self.wall_clock = wall_clock
         if not rules:

@@ -97,8 +97,9 @@ class StatementPolicy:
         # DSQL-only settings (startup parameters and SET): kept here, never sent on.
         self.settings = settings
         # The row limit is enforced in the backend (see catalog.py), the rest here.
+        # Transaction ages run on the endpoint's clock, which tests inject.
         self.rules = dialect.TransactionRules(
-            row_limit=None, age_limit=server.config.transaction_age_limit)
+            row_limit=None, age_limit=server.config.transaction_age_limit, clock=server.clock)
         # Named prepared statements, for a Bind that runs one again.
         self.prepared: dict[str, tuple[dialect.Analysis, list[int]]] = {}
         # The names among them that hold a COMMIT.

@@ -64,8 +64,9 @@ class EndpointConfig:
     rules: bool = True
     # DSQL aborts transactions older than 300 s (configurable for tests).
     transaction_age_limit: float = 300.0
-    # The endpoint's clocks: connection ages (monotonic seconds) and token expiry (the wall
-    # clock). Tests inject controllable ones.
+    # The endpoint's clocks: connection ages, transaction ages and the connection-rate
+    # quota (monotonic seconds), and token expiry (the wall clock). Tests inject
+    # controllable ones.
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], datetime] = field(
         default=lambda: datetime.now(timezone.utc))
@@ -109,7 +110,8 @@ class Server:
         self.by_sid: dict[int, Session] = {}
         self.pids: set[int] = set()
         self.open_connections = 0
-        self.bucket = TokenBucket(config.connection_rate, config.connection_burst)
+        self.bucket = TokenBucket(config.connection_rate, config.connection_burst,
+                                  clock=config.clock)
         self.listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting: list[asyncio.Task[None]] = []
