@@ -2,9 +2,10 @@
 
 They run against ``dsqlkit local``: real TLS, real token verification, a real PostgreSQL
 behind it. Tests that need other endpoint settings start a second endpoint over the same
-backend with :func:`extra_endpoint`. Token lifetimes, refreshes and pool lifetimes run on a
-:class:`~clock_support.ManualClock` (:class:`ClockedPlan`): the tests move time forward
-rather than wait for it.
+backend with :func:`extra_endpoint`. Token lifetimes, refreshes, pool lifetimes and the
+endpoint's connection-age cap run on a :class:`~clock_support.ManualClock`
+(:class:`ClockedPlan`, :class:`AgeCapRun`): the tests move time forward rather than wait
+for it. Load runs a fixed number of rounds, never for a duration.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import select
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,17 +28,21 @@ from dsqlkit.local import LocalDSQL
 
 WRONG = Credentials("AKIAWRONGWRONGWRONG0", "wrong-secret-never-shown", None)
 
-# The age-cap scenario, scaled down from DSQL's 60-minute cap: the endpoint cuts connections
-# at AGE_CAP seconds and pools retire theirs at POOL_LIFETIME. Production keeps a 5-minute
-# margin (55 of 60 min); half a second here absorbs the scheduling stalls of a loaded test
-# machine that 5 minutes absorb in production.
-AGE_CAP = 2.0
-POOL_LIFETIME = 1.5
+# The age-cap scenario at DSQL's own scale, on one ManualClock that the endpoint (its
+# connection-age cap) and the pool (its max_lifetime, left at the 55-minute default) both
+# read: the endpoint cuts connections at AGE_CAP, as DSQL does at 60 minutes. In each step
+# (:class:`AgeCapRun`) the clock moves CHECKOUT seconds while the test holds every pooled
+# connection, and the endpoint checks ages at once: the pool must have retired each one
+# early enough for a checkout of that length (55 + 4 < 60 minutes). No real time passes
+# between the pool's check and the endpoint's, so the test cannot depend on a margin.
+AGE_CAP = 3600.0
+CHECKOUT = 240.0
 
 
 @contextmanager
 def extra_endpoint(base: LocalDSQL, **settings: Any) -> Iterator[LocalDSQL]:
-    """Another endpoint over ``base``'s backend, e.g. with ``max_connection_age=2``."""
+    """Another endpoint over ``base``'s backend, e.g. with ``clock=`` (a ManualClock that
+    its connection-age cap reads: move it, then call ``check_ages()``)."""
     ep = LocalDSQL(ephemeral=True, port=0, backend_url=base.backend_url, **settings)
     ep.start()
     try:
@@ -69,21 +73,25 @@ class LoadResult:
     ok: int = 0
     errors: list[BaseException] = field(default_factory=list)
 
+    def add(self, other: LoadResult) -> None:
+        self.ok += other.ok
+        self.errors += other.errors
+
     def check(self, minimum: int) -> None:
         assert not self.errors, f"{len(self.errors)} failed queries, first: {self.errors[0]!r}"
         assert self.ok >= minimum, f"only {self.ok} queries ran"
 
 
-def run_threads(work: Callable[[], None], seconds: float, workers: int = 4,
-                pause: float = 0.0, until: Callable[[], bool] | None = None) -> LoadResult:
-    """Call ``work`` in a loop from ``workers`` threads for ``seconds`` (or, with ``until``,
-    until it holds; ``seconds`` then bounds a run that never gets there); count outcomes."""
+def run_threads(work: Callable[[], None], rounds: int, workers: int = 4) -> LoadResult:
+    """Call ``work`` ``rounds`` times in each of ``workers`` concurrent threads; count
+    outcomes. (A count, not a duration: a slow machine runs the same test, only slower.)"""
     result = LoadResult()
     lock = threading.Lock()
-    stop = time.monotonic() + seconds
+    start = threading.Barrier(workers)
 
     def loop() -> None:
-        while time.monotonic() < stop and not (until is not None and until()):
+        start.wait()
+        for _ in range(rounds):
             try:
                 work()
             except Exception as exc:
@@ -92,8 +100,6 @@ def run_threads(work: Callable[[], None], seconds: float, workers: int = 4,
             else:
                 with lock:
                     result.ok += 1
-            if pause:
-                time.sleep(pause)
 
     threads = [threading.Thread(target=loop) for _ in range(workers)]
     for t in threads:
@@ -103,24 +109,70 @@ def run_threads(work: Callable[[], None], seconds: float, workers: int = 4,
     return result
 
 
-async def run_tasks(work: Callable[[], Awaitable[None]], seconds: float, workers: int = 4,
-                    pause: float = 0.0, until: Callable[[], bool] | None = None) -> LoadResult:
+async def run_tasks(work: Callable[[], Awaitable[None]], rounds: int,
+                    workers: int = 4) -> LoadResult:
     """The asyncio version of :func:`run_threads`."""
     result = LoadResult()
-    stop = time.monotonic() + seconds
 
     async def loop() -> None:
-        while time.monotonic() < stop and not (until is not None and until()):
+        for _ in range(rounds):
             try:
                 await work()
             except Exception as exc:
                 result.errors.append(exc)
             else:
                 result.ok += 1
-            await asyncio.sleep(pause)
 
     await asyncio.gather(*(loop() for _ in range(workers)))
     return result
+
+
+class AgeCapRun:
+    """The age-cap scenario (see AGE_CAP): an endpoint and a pool on one ManualClock.
+
+    Each of :meth:`steps` runs a burst of concurrent load (whose first checkouts retire the
+    connections past their lifetime), then the test checks out every connection of the
+    pool, calls :meth:`checkout_lasts` (the clock moves CHECKOUT seconds and the endpoint
+    cuts every session past its cap) and runs a query on each: a connection the pool
+    handed out too late in its life fails there. All connections are checked out when the
+    clock moves, so none is being opened meanwhile: the pool and the endpoint date each
+    one at the same moment of the clock.
+    """
+
+    MAX_STEPS = 40  # 28 steps of 4 minutes take every connection through two lifetimes
+
+    def __init__(self) -> None:
+        self.clock = ManualClock()
+        self.load = LoadResult()
+        self.taken = 0  # steps
+
+    @contextmanager
+    def endpoint(self, base: LocalDSQL) -> Iterator[LocalDSQL]:
+        with extra_endpoint(base, max_connection_age=AGE_CAP, clock=self.clock) as ep:
+            self.ep = ep
+            yield ep
+
+    def steps(self, done: Callable[[], bool]) -> Iterator[int]:
+        """Steps until ``done()`` (every connection replaced twice); fails past MAX_STEPS."""
+        for step in range(self.MAX_STEPS):
+            if done():
+                return
+            self.taken += 1
+            yield step
+        raise AssertionError(f"not done after {self.MAX_STEPS} steps of {CHECKOUT:g} s")
+
+    def checkout_lasts(self) -> None:
+        """The held connections stay checked out for CHECKOUT seconds; the endpoint cuts
+        what is past its cap."""
+        self.clock.advance(CHECKOUT)
+        self.ep.check_ages()
+
+
+def age_out(ep: LocalDSQL, clock: ManualClock) -> None:
+    """Move ``ep``'s clock past its connection-age cap and let it act: it sends a FATAL
+    error to each idle session and closes it (one in a transaction, when that ends)."""
+    clock.advance(ep.max_connection_age + 1)
+    ep.check_ages()
 
 
 def wait_closed_by_server(*fds: int, timeout: float = 10.0) -> None:

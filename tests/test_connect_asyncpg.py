@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-import time
 from typing import Any
 
 import asyncpg
@@ -14,10 +14,10 @@ import pytest
 import dsqlkit
 from clock_support import ManualClock
 from connect_support import (
-    AGE_CAP,
-    POOL_LIFETIME,
     WRONG,
+    AgeCapRun,
     ClockedPlan,
+    age_out,
     extra_endpoint,
     run_tasks,
 )
@@ -104,7 +104,7 @@ async def test_pool_under_concurrency(dsql_local: LocalDSQL) -> None:
             async with pool.acquire() as conn:
                 assert await conn.fetchval("SELECT 42") == 42
 
-        (await run_tasks(work, seconds=1.5, workers=16)).check(minimum=100)
+        (await run_tasks(work, rounds=15, workers=16)).check(minimum=240)
         assert await pool.fetchval("SELECT 1") == 1  # the pool's own helpers go through us
         conn = await pool.acquire()  # the awaitable form
         await pool.release(conn)
@@ -178,14 +178,17 @@ async def test_refresh_failure_then_recovery(dsql_local: LocalDSQL,
 
 
 async def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
+    # As in test_connect_psycopg.py: the endpoint's 60-minute cap and the pool's 55-minute
+    # default lifetime on one ManualClock; every connection held while the clock moves.
+    run = AgeCapRun()
     opened: list[float] = []
 
     async def init(conn: Any) -> None:
-        opened.append(time.monotonic())
+        opened.append(run.clock())
 
-    with extra_endpoint(dsql_local, max_connection_age=AGE_CAP) as ep:
+    with run.endpoint(dsql_local) as ep:
         async with da.create_pool(ep.url(), credentials=ep.credentials, min_size=4,
-                                  max_size=4, max_lifetime=POOL_LIFETIME, init=init) as pool:
+                                  max_size=4, clock=run.clock, init=init) as pool:
             async def work() -> None:
                 async with pool.acquire() as conn:
                     await conn.fetchval("SELECT 1")
@@ -193,13 +196,21 @@ async def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
             def replaced_twice() -> bool:
                 return len(opened) >= 12
 
-            (await run_tasks(work, seconds=30.0, workers=6, until=replaced_twice)
-             ).check(minimum=100)
-            assert replaced_twice()
+            for _ in run.steps(replaced_twice):
+                run.load.add(await run_tasks(work, rounds=3, workers=6))
+                async with contextlib.AsyncExitStack() as stack:
+                    held = [await stack.enter_async_context(pool.acquire()) for _ in range(4)]
+                    run.checkout_lasts()
+                    for conn in held:
+                        await conn.fetchval("SELECT 1")
+            run.load.check(minimum=18 * run.taken)
 
 
 async def test_connections_closed_by_the_server_are_replaced(dsql_local: LocalDSQL) -> None:
-    with extra_endpoint(dsql_local, max_connection_age=1.0) as ep:
+    # The pool's lifetime is the default, on the real clock (it never passes here); the
+    # endpoint's age cap closes the idle pooled connections when the test moves its clock.
+    clock = ManualClock()
+    with extra_endpoint(dsql_local, clock=clock) as ep:
         async with da.create_pool(ep.url(), credentials=ep.credentials,
                                   min_size=3, max_size=3) as pool:
             closed = asyncio.Event()
@@ -215,6 +226,7 @@ async def test_connections_closed_by_the_server_are_replaced(dsql_local: LocalDS
             for c in held:
                 c._con.add_termination_listener(on_close)
                 await pool.release(c)
+            age_out(ep, clock)
             await asyncio.wait_for(closed.wait(), 10)  # the endpoint closed all three
             for _ in range(6):
                 async with pool.acquire() as conn:

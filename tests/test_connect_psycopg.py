@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -10,12 +11,13 @@ import psycopg
 import pytest
 
 import dsqlkit
+from clock_support import ManualClock
 from connect_support import (
-    AGE_CAP,
-    POOL_LIFETIME,
     WRONG,
+    AgeCapRun,
     ClockedPlan,
     SwitchableCredentials,
+    age_out,
     extra_endpoint,
     run_tasks,
     run_threads,
@@ -100,7 +102,7 @@ def test_pool_under_concurrency(dsql_local: LocalDSQL) -> None:
             with pool.connection() as conn:
                 assert conn.execute("SELECT 42").fetchone() == (42,)
 
-        run_threads(work, seconds=1.5, workers=12).check(minimum=100)
+        run_threads(work, rounds=20, workers=12).check(minimum=240)
         assert pool.get_stats()["pool_size"] <= 6
         provider = pool.token_provider
         assert provider.refreshing
@@ -165,37 +167,50 @@ def test_refresh_failure_then_recovery(dsql_local: LocalDSQL,
 
 
 def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
-    # The endpoint cuts connections at AGE_CAP, as DSQL does at 60 min; the pool retires
-    # them first (POOL_LIFETIME), as its 55-minute default does on DSQL. The endpoint's cap
-    # runs on the real clock: the load runs until every connection was replaced twice.
-    with extra_endpoint(dsql_local, max_connection_age=AGE_CAP) as ep, dp.create_pool(
-        ep.url(), credentials=ep.credentials, min_size=4, max_size=4,
-        max_lifetime=POOL_LIFETIME, kwargs={"autocommit": True},
+    # The endpoint cuts connections at DSQL's 60 minutes; the pool retires them first, at
+    # its 55-minute default, so that no connection in use is cut. The endpoint and the pool
+    # share a ManualClock (connect_support.AgeCapRun): until every connection was replaced
+    # twice, load runs, then every connection is held while the clock moves and the
+    # endpoint checks ages.
+    run = AgeCapRun()
+    with run.endpoint(dsql_local) as ep, dp.create_pool(
+        ep.url(), credentials=ep.credentials, min_size=4, max_size=4, clock=run.clock,
+        kwargs={"autocommit": True},
     ) as pool:
         def work() -> None:
             with pool.connection() as conn:
                 conn.execute("SELECT 1")
 
         def replaced_twice() -> bool:
-            return pool.get_stats()["connections_num"] >= 12
+            return pool.get_stats().get("connections_num", 0) >= 12
 
-        run_threads(work, seconds=30.0, workers=6, until=replaced_twice).check(minimum=100)
-        assert replaced_twice()
+        for _ in run.steps(replaced_twice):
+            run.load.add(run_threads(work, rounds=3, workers=6))
+            with contextlib.ExitStack() as stack:
+                held = [stack.enter_context(pool.connection()) for _ in range(4)]
+                run.checkout_lasts()
+                for conn in held:
+                    conn.execute("SELECT 1")
+        run.load.check(minimum=18 * run.taken)
 
 
 def test_connections_closed_by_the_server_are_replaced(dsql_local: LocalDSQL,
                                                        caplog: pytest.LogCaptureFixture) -> None:
-    # Default lifetime (55 min): the server's 1 s cap closes idle pooled connections; the
-    # checkout check notices without a round trip and hands out fresh ones.
-    with extra_endpoint(dsql_local, max_connection_age=1.0) as ep, dp.create_pool(
+    # The pool keeps its default lifetime (55 min, on the real clock: it never passes here);
+    # the endpoint's age cap closes the idle pooled connections when the test moves the
+    # endpoint's clock. The checkout check notices without a round trip and hands out
+    # fresh ones.
+    clock = ManualClock()
+    with extra_endpoint(dsql_local, clock=clock) as ep, dp.create_pool(
         ep.url(), credentials=ep.credentials, min_size=3, max_size=3,
         kwargs={"autocommit": True},
     ) as pool:
         conns = []
-        for _ in range(3):
-            with pool.connection() as conn:
-                conns.append(conn)
+        with contextlib.ExitStack() as stack:
+            for _ in range(3):
+                conns.append(stack.enter_context(pool.connection()))
         pids = {c.info.backend_pid for c in conns}
+        age_out(ep, clock)
         wait_closed_by_server(*(c.fileno() for c in conns))
         with caplog.at_level(logging.DEBUG, logger="dsqlkit.psycopg"):
             for _ in range(6):
@@ -206,10 +221,12 @@ def test_connections_closed_by_the_server_are_replaced(dsql_local: LocalDSQL,
 
 
 def test_unusable_sees_a_server_close_without_a_round_trip(dsql_local: LocalDSQL) -> None:
-    with extra_endpoint(dsql_local, max_connection_age=0.5) as ep:
+    clock = ManualClock()
+    with extra_endpoint(dsql_local, clock=clock) as ep:
         conn = dp.connect(ep.url(), credentials=ep.credentials, autocommit=True)
         dp._watch(conn)
         assert dp.unusable(conn) is None
+        age_out(ep, clock)
         wait_closed_by_server(conn.fileno())
         assert dp.unusable(conn) in ("closed by the server", "ended by the server")
         conn.close()
@@ -256,7 +273,7 @@ async def test_async_pool_under_concurrency(dsql_local: LocalDSQL) -> None:
                 cur = await conn.execute("SELECT 7")
                 assert await cur.fetchone() == (7,)
 
-        (await run_tasks(work, seconds=1.5, workers=16)).check(minimum=100)
+        (await run_tasks(work, rounds=15, workers=16)).check(minimum=240)
         assert pool.get_stats()["pool_size"] <= 6
     assert not provider.refreshing
 
@@ -289,18 +306,24 @@ async def test_async_new_connections_get_refreshed_tokens(dsql_local: LocalDSQL)
 
 
 async def test_async_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
-    with extra_endpoint(dsql_local, max_connection_age=AGE_CAP) as ep:
+    run = AgeCapRun()  # as test_age_cap_under_continuous_load
+    with run.endpoint(dsql_local) as ep:
         pool = dp.create_async_pool(ep.url(), credentials=ep.credentials, min_size=4,
-                                    max_size=4, max_lifetime=POOL_LIFETIME,
-                                    kwargs={"autocommit": True})
+                                    max_size=4, clock=run.clock, kwargs={"autocommit": True})
         async with pool:
             async def work() -> None:
                 async with pool.connection() as conn:
                     await conn.execute("SELECT 1")
 
             def replaced_twice() -> bool:
-                return pool.get_stats()["connections_num"] >= 12
+                return pool.get_stats().get("connections_num", 0) >= 12
 
-            (await run_tasks(work, seconds=30.0, workers=6, until=replaced_twice)
-             ).check(minimum=100)
-            assert replaced_twice()
+            for _ in run.steps(replaced_twice):
+                run.load.add(await run_tasks(work, rounds=3, workers=6))
+                async with contextlib.AsyncExitStack() as stack:
+                    held = [await stack.enter_async_context(pool.connection())
+                            for _ in range(4)]
+                    run.checkout_lasts()
+                    for conn in held:
+                        await conn.execute("SELECT 1")
+            run.load.check(minimum=18 * run.taken)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -9,11 +10,12 @@ import psycopg2
 import pytest
 
 import dsqlkit
+from clock_support import ManualClock
 from connect_support import (
-    AGE_CAP,
-    POOL_LIFETIME,
     WRONG,
+    AgeCapRun,
     ClockedPlan,
+    age_out,
     extra_endpoint,
     run_threads,
     wait_closed_by_server,
@@ -63,7 +65,7 @@ def test_pool_under_concurrency(dsql_local: LocalDSQL) -> None:
             with pool.connection() as conn:
                 assert _one(conn, "SELECT 42") == 42
 
-        run_threads(work, seconds=1.5, workers=12).check(minimum=100)
+        run_threads(work, rounds=20, workers=12).check(minimum=240)
         assert pool.size <= 6
     assert pool.closed and not provider.refreshing
 
@@ -75,7 +77,10 @@ def test_pool_timeout_and_misuse(dsql_local: LocalDSQL) -> None:
         t0 = time.monotonic()
         with pytest.raises(PoolTimeout, match="max_size=1"):
             pool.getconn()
-        assert 0.15 < time.monotonic() - t0 < 2
+        # The wait for a free connection runs on the real clock (a Condition wait): it
+        # lasted the pool's own 0.2 s timeout, not the 30 s default (a loose upper bound,
+        # not a timing window).
+        assert 0.15 < time.monotonic() - t0 < 15
         pool.putconn(conn)
         with pytest.raises(ConfigError, match="did not hand out"):
             pool.putconn(conn)
@@ -144,9 +149,11 @@ def test_refresh_failure_then_recovery(dsql_local: LocalDSQL,
 
 
 def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
-    with extra_endpoint(dsql_local, max_connection_age=AGE_CAP) as ep, d2.create_pool(
-        ep.url(), credentials=ep.credentials, min_size=4, max_size=4,
-        max_lifetime=POOL_LIFETIME,
+    # As in test_connect_psycopg.py: the endpoint's 60-minute cap and the pool's 55-minute
+    # default lifetime on one ManualClock; every connection held while the clock moves.
+    run = AgeCapRun()
+    with run.endpoint(dsql_local) as ep, d2.create_pool(
+        ep.url(), credentials=ep.credentials, min_size=4, max_size=4, clock=run.clock,
     ) as pool:
         def work() -> None:
             with pool.connection() as conn:
@@ -155,18 +162,28 @@ def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
         def replaced_twice() -> bool:
             return pool.replaced >= 8
 
-        run_threads(work, seconds=30.0, workers=6, until=replaced_twice).check(minimum=100)
-        assert replaced_twice()
+        for _ in run.steps(replaced_twice):
+            run.load.add(run_threads(work, rounds=3, workers=6))
+            with contextlib.ExitStack() as stack:
+                held = [stack.enter_context(pool.connection()) for _ in range(4)]
+                run.checkout_lasts()
+                for conn in held:
+                    _one(conn, "SELECT 1")
+        run.load.check(minimum=18 * run.taken)
 
 
 def test_connections_closed_by_the_server_are_replaced(dsql_local: LocalDSQL) -> None:
-    with extra_endpoint(dsql_local, max_connection_age=1.0) as ep, d2.create_pool(
+    # The pool's lifetime is the default, on the real clock (it never passes here); the
+    # endpoint's age cap closes the idle pooled connections when the test moves its clock.
+    clock = ManualClock()
+    with extra_endpoint(dsql_local, clock=clock) as ep, d2.create_pool(
         ep.url(), credentials=ep.credentials, min_size=3, max_size=3,
     ) as pool:
         conns = [pool.getconn() for _ in range(3)]
         pids = {c.get_backend_pid() for c in conns}
         for c in conns:
             pool.putconn(c)
+        age_out(ep, clock)
         wait_closed_by_server(*(c.fileno() for c in conns))
         for _ in range(6):
             with pool.connection() as conn:
@@ -175,9 +192,11 @@ def test_connections_closed_by_the_server_are_replaced(dsql_local: LocalDSQL) ->
 
 
 def test_unusable_sees_a_server_close(dsql_local: LocalDSQL) -> None:
-    with extra_endpoint(dsql_local, max_connection_age=0.5) as ep:
+    clock = ManualClock()
+    with extra_endpoint(dsql_local, clock=clock) as ep:
         conn = d2.connect(ep.url(), credentials=ep.credentials)
         assert d2.unusable(conn) is None
+        age_out(ep, clock)
         wait_closed_by_server(conn.fileno())
         assert d2.unusable(conn) in ("closed by the server", "ended by the server")
         conn.close()
