@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import ssl
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -178,18 +177,34 @@ def assert_one_conflict_then_success(metrics: OCCMetrics) -> None:
 # -- the seed experiment ---------------------------------------------------------------------
 
 WRITERS = 5
-OVERLAP = 0.05  # seconds between read and write, so that every round of writers collides
+# The writers' first attempts all read before any of them writes (a barrier between read
+# and write), so they read one snapshot and all but one of them must conflict: at least
+# WRITERS - 1 conflicts, every run. Later attempts run unsynchronised. (A barrier that does
+# not fill within this many seconds fails the test instead of hanging it.) The backoff
+# between attempts is recorded, not waited for: the outcomes do not depend on it.
+SYNC_TIMEOUT = 30.0
+
+
+def check_backoff(delays: list[float], snap: Any) -> None:
+    """Every conflict but a writer's last was followed by a positive wait."""
+    assert len(delays) == snap.total_conflicts - snap.exhausted
+    assert all(d > 0 for d in delays)
 
 
 def seed_experiment_sync(db: Database, table: str, config: OCCRetryConfig) -> tuple[int, int]:
     metrics = OCCMetrics()
     barrier = threading.Barrier(WRITERS)
+    read_all = threading.Barrier(WRITERS, timeout=SYNC_TIMEOUT)
+    first = threading.local()
     outcomes: list[str] = []
+    delays: list[float] = []
 
     def increment(conn: psycopg.Connection[Any]) -> None:
         row = conn.execute(f"SELECT value FROM {table} WHERE id = 1").fetchone()
         assert row is not None
-        time.sleep(OVERLAP)
+        if not getattr(first, "done", False):
+            first.done = True
+            read_all.wait()
         conn.execute(f"UPDATE {table} SET value = %s WHERE id = 1", (row[0] + 1,))
 
     with ConnectionPool(db.dsn, min_size=WRITERS, max_size=WRITERS, open=True) as pool:
@@ -197,7 +212,8 @@ def seed_experiment_sync(db: Database, table: str, config: OCCRetryConfig) -> tu
         def task() -> None:
             barrier.wait()
             try:
-                run_transaction(pool, increment, config, metrics=metrics)
+                run_transaction(pool, increment, config, metrics=metrics,
+                                sleep=delays.append)
                 outcomes.append("ok")
             except OCCRetryExhausted as exc:
                 assert is_occ_error(exc.__cause__)  # type: ignore[arg-type]
@@ -214,8 +230,9 @@ def seed_experiment_sync(db: Database, table: str, config: OCCRetryConfig) -> tu
     assert snap.successes == outcomes.count("ok")
     assert snap.exhausted == outcomes.count("exhausted")
     # A final value alone proves nothing: the writers must really have collided.
-    assert snap.total_conflicts >= 1
+    assert snap.total_conflicts >= WRITERS - 1
     assert set(snap.conflicts) <= EXPECTED_TYPES
+    check_backoff(delays, snap)
     return snap.successes, read_counter(db, table)
 
 
@@ -237,22 +254,36 @@ async def seed_experiment_async(
 ) -> tuple[int, int]:
     metrics = OCCMetrics()
     start = asyncio.Event()
+    read_all = asyncio.Barrier(WRITERS)  # as in seed_experiment_sync
+    first_reads = [WRITERS]
+    delays: list[float] = []
+
+    async def backoff(delay: float) -> None:
+        delays.append(delay)
+
+    async def all_read() -> None:
+        # No writer retries before the barrier fills, so the first WRITERS reads are the
+        # writers' first attempts.
+        if first_reads[0] > 0:
+            first_reads[0] -= 1
+            await asyncio.wait_for(read_all.wait(), SYNC_TIMEOUT)
 
     async def increment(conn: Any) -> None:
         if driver == "asyncpg":
             value = await conn.fetchval(f"SELECT value FROM {table} WHERE id = 1")
-            await asyncio.sleep(OVERLAP)
+            await all_read()
             await conn.execute(f"UPDATE {table} SET value = $1 WHERE id = 1", value + 1)
         else:
             cur = await conn.execute(f"SELECT value FROM {table} WHERE id = 1")
             (value,) = await cur.fetchone()
-            await asyncio.sleep(OVERLAP)
+            await all_read()
             await conn.execute(f"UPDATE {table} SET value = %s WHERE id = 1", (value + 1,))
 
     async def task(pool: Any) -> str:
         await start.wait()
         try:
-            await run_transaction_async(pool, increment, config, metrics=metrics)
+            await run_transaction_async(pool, increment, config, metrics=metrics,
+                                        sleep=backoff)
         except OCCRetryExhausted:
             return "exhausted"
         return "ok"
@@ -273,8 +304,9 @@ async def seed_experiment_async(
     snap = metrics.snapshot()
     assert snap.successes == outcomes.count("ok")
     assert snap.exhausted == outcomes.count("exhausted")
-    assert snap.total_conflicts >= 1
+    assert snap.total_conflicts >= WRITERS - 1
     assert set(snap.conflicts) <= EXPECTED_TYPES
+    check_backoff(delays, snap)
     return snap.successes, read_counter(db, table)
 
 
