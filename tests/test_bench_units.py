@@ -330,19 +330,44 @@ def test_one_pass_percentiles_agree_with_hdrhistogram() -> None:
 
 
 def test_ctrl_c_stops_the_run_and_reports_what_finished(tmp_path: object) -> None:
+    import re
     import signal
-    import time
+    import threading
     from pathlib import Path
 
     out = Path(str(tmp_path)) / "partial.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dsqlkit", "bench", "transfer", "--target", "noop",
-         "--duration", "60", "--threads", "2", "--no-progress", "--json", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=30)
+    stdout_file = Path(str(tmp_path)) / "stdout.txt"
+    with stdout_file.open("w") as stdout_sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dsqlkit", "bench", "transfer", "--target", "noop",
+             "--duration", "60", "--threads", "2", "--json", str(out)],
+            stdout=stdout_sink, stderr=subprocess.PIPE, text=True,
+        )
+    # Ctrl-C once the run is under way, as its progress reports it: stderr is not a
+    # terminal, so the first plain progress line comes at the first tick of the run.
+    running = threading.Event()
+    stderr_lines: list[str] = []
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            stderr_lines.append(line)
+            done = re.search(r": ([\d,]+) transfers, ", line)
+            if done and int(done.group(1).replace(",", "")) > 0:
+                running.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        assert running.wait(60), "".join(stderr_lines)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(10)
+    stderr = "".join(stderr_lines)
+    stdout = stdout_file.read_text()
     assert proc.returncode == 130, stderr
     assert "(interrupted)" in stdout
     doc = json.loads(out.read_text())
