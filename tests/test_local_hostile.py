@@ -9,11 +9,11 @@ import socket
 import ssl
 import struct
 import threading
-import time
 
 import psycopg
 import pytest
 
+from clock_support import settles
 from dsqlkit.local import LocalDSQL, wire
 
 
@@ -21,6 +21,7 @@ from dsqlkit.local import LocalDSQL, wire
 def healthy(dsql_local: LocalDSQL):  # type: ignore[no-untyped-def]
     """A session running queries in the background for the whole test; it must see no error."""
     stop = threading.Event()
+    running = threading.Event()  # its first query answered (or it failed)
     errors: list[BaseException] = []
     count = [0]
 
@@ -30,14 +31,15 @@ def healthy(dsql_local: LocalDSQL):  # type: ignore[no-untyped-def]
                 while not stop.is_set():
                     assert conn.execute("SELECT 1").fetchone() == (1,)
                     count[0] += 1
+                    running.set()
         except BaseException as exc:
             errors.append(exc)
+        finally:
+            running.set()
 
     t = threading.Thread(target=run)
     t.start()
-    deadline = time.monotonic() + 10
-    while count[0] == 0 and not errors and time.monotonic() < deadline:
-        time.sleep(0.01)
+    running.wait(30)
     yield
     stop.set()
     t.join(30)
@@ -174,8 +176,11 @@ def test_plaintext_garbage_and_silent_clients(dsql_local: LocalDSQL) -> None:
     s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     err = _fatal(_read_all(s))
     assert err["C"] == "08P01"
+    accepted = dsql_local.server.stats["accepted"]
     silent = [socket.create_connection(("127.0.0.1", dsql_local.port)) for _ in range(20)]
-    time.sleep(0.2)
+    # The endpoint has accepted all of them and waits for their first bytes.
+    settles(lambda: dsql_local.server.stats["accepted"] >= accepted + 20,
+            "the endpoint to accept the silent clients")
     with psycopg.connect(dsql_local.dsn()) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     for x in silent:
