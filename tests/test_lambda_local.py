@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from clock_support import settles
 from dsqlkit.errors import ConfigError
 from dsqlkit.lambda_local import FunctionSpec, LambdaServer, discover, parse_spec
 
@@ -95,6 +95,9 @@ HANDLERS = {
         import os, time
 
         def handler(event, context):
+            if event.get("gate"):  # busy until the test opens the gate (creates the file)
+                while not os.path.exists(event["gate"]):
+                    time.sleep(0.002)
             time.sleep(event.get("seconds", 0))
             return {"pid": os.getpid()}
     """,
@@ -261,6 +264,8 @@ def test_unknown_function(client: Any) -> None:
 
 def test_environment_is_reused_and_frozen_between_invocations(client: Any) -> None:
     _, first = call(client, "echo", {})
+    # Real time passing is the behaviour under test: a frozen (SIGSTOPped) environment does
+    # not advance however long it waits, and no clock can stand in for the OS scheduler.
     time.sleep(0.5)
     _, second = call(client, "echo", {})
     assert second["pid"] == first["pid"]
@@ -273,7 +278,7 @@ def test_unfrozen_environments_keep_running(functions_dir: Path) -> None:
     with LambdaServer(functions_dir, freeze=False, inherit_env=False) as srv:
         c = client_for(srv.endpoint_url)
         _, first = call(c, "echo", {})
-        time.sleep(0.5)
+        time.sleep(0.5)  # real time passing is the behaviour, as in the frozen test above
         _, second = call(c, "echo", {})
     assert second["ticks"] - first["ticks"] >= 10
 
@@ -347,8 +352,10 @@ def test_decimal_results_marshal_as_numbers(client: Any) -> None:
 def test_timeout_and_crash_replace_the_environment(client: Any, server: LambdaServer) -> None:
     _, before = call(client, "slow", {})
     started = time.monotonic()
-    response, body = call(client, "slow", {"seconds": 5})
-    assert time.monotonic() - started < 4
+    # The function's 1 s timeout runs on the real clock (a deadline on the environment's
+    # pipe): the handler would run for a minute, and the timeout, not the handler, ends it.
+    response, body = call(client, "slow", {"seconds": 60})
+    assert time.monotonic() - started < 25
     assert response["FunctionError"] == "Unhandled"
     assert body["errorType"] == "Sandbox.Timedout"
     assert body["errorMessage"].endswith("Error: Task timed out after 1.00 seconds")
@@ -427,42 +434,51 @@ def test_list_and_get_functions(client: Any) -> None:
 # -- concurrency ---------------------------------------------------------------------------------
 
 
-def test_concurrent_invocations_get_their_own_environments(functions_dir: Path) -> None:
+def test_concurrent_invocations_get_their_own_environments(functions_dir: Path,
+                                                           tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
     with LambdaServer(functions_dir, concurrency=2, inherit_env=False) as srv:
         c = client_for(srv.endpoint_url)
         call(c, "slow", {})  # one warm environment to start with
-        started = time.monotonic()
+
+        def busy_and_queued() -> bool:
+            stats = srv.stats()["slow"]
+            return stats["busy"] == 2 and stats["queued"] >= 2
+
         with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda _: call(c, "slow", {"seconds": 0.5})[1], range(4)))
-        elapsed = time.monotonic() - started
+            calls = [pool.submit(call, c, "slow", {"gate": str(gate)}) for _ in range(4)]
+            try:
+                # Two run, held at the gate; the third and fourth wait for an idle one.
+                settles(busy_and_queued, "two invocations running and two queued")
+            finally:
+                gate.touch()
+            results = [f.result(timeout=60)[1] for f in calls]
         stats = srv.stats()["slow"]
     pids = {r["pid"] for r in results}
     assert len(pids) == 2  # two at a time, each in its own process, reused for the next two
     assert stats["peak_concurrency"] == 2
     assert stats["environments_started"] == 2
     assert stats["queued"] >= 2
-    assert elapsed >= 1.0  # the third and fourth waited for an idle environment
 
 
-def test_reject_mode_throttles_like_lambda(functions_dir: Path) -> None:
+def test_reject_mode_throttles_like_lambda(functions_dir: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
     with LambdaServer(functions_dir, concurrency=1, on_throttle="reject",
                       inherit_env=False) as srv:
         c = client_for(srv.endpoint_url)
-        barrier = threading.Barrier(2)
-
-        def slow_call(_: int) -> str:
-            barrier.wait()
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(call, c, "slow", {"gate": str(gate)})
             try:
-                call(c, "slow", {"seconds": 0.6})
-                return "ok"
-            except ClientError as exc:
-                return "{}/{}/{}".format(*error_code_raw(exc), exc.response.get("Reason"))
-
-        with ThreadPoolExecutor(2) as pool:
-            outcomes = sorted(pool.map(slow_call, range(2)))
+                # The only environment is busy (held at the gate): the second call is refused.
+                settles(lambda: srv.stats()["slow"]["busy"] == 1, "the first invocation")
+                with pytest.raises(ClientError) as refused:
+                    call(c, "slow", {})
+            finally:
+                gate.touch()
+            assert first.result(timeout=60)[0]["StatusCode"] == 200
         assert srv.stats()["slow"]["throttles"] == 1
-    assert outcomes == [
-        "TooManyRequestsException/429/ReservedFunctionConcurrentInvocationLimitExceeded", "ok"]
+    assert (*error_code_raw(refused.value), refused.value.response.get("Reason")) == (
+        "TooManyRequestsException", 429, "ReservedFunctionConcurrentInvocationLimitExceeded")
 
 
 def error_code_raw(exc: ClientError) -> tuple[str, int]:
