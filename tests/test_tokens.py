@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from clock_support import ManualClock, Mints
+from clock_support import ManualClock, Mints, settles
 from dsqlkit.auth import sigv4
 from dsqlkit.auth.credentials import CredentialSource, LoadedCredentials
 from dsqlkit.auth.tokens import RefreshPolicy, TokenProvider, generate_token
@@ -27,18 +28,14 @@ class FlakySource(CredentialSource):
 
     description = "flaky test source"
 
-    def __init__(self, *, blocking: bool = False, delay: float = 0.0,
-                 expires_at: float | None = None) -> None:
+    def __init__(self, *, blocking: bool = False, expires_at: float | None = None) -> None:
         self.blocking = blocking
         self.failing = False
-        self.delay = delay
         self.loads = 0
         self.expires_at = expires_at
 
     def load(self) -> LoadedCredentials:
         self.loads += 1
-        if self.delay:
-            time.sleep(self.delay)
         if self.failing:
             raise CredentialsError("sts unavailable (test)")
         return LoadedCredentials(CREDS, self.expires_at)
@@ -335,16 +332,33 @@ async def test_atoken_offloads_blocking_mints() -> None:
 
 
 def test_concurrent_first_calls_share_one_mint() -> None:
-    source = FlakySource(blocking=True, delay=0.2)
+    threads: list[threading.Thread] = []
+
+    def waiting_for_the_mint(thread: threading.Thread) -> bool:
+        # A thread blocked on the provider's mint lock is parked in _mint_for_connection
+        # (the lock is acquired in C: no frame above it).
+        frame = sys._current_frames().get(thread.ident or 0)
+        return frame is not None and frame.f_code.co_name == "_mint_for_connection"
+
+    class HeldUntilAllWait(FlakySource):
+        def load(self) -> LoadedCredentials:
+            # The first mint lasts until every other caller waits for it: they all asked
+            # while no token existed (no sleep guessing how long that takes).
+            others = [t for t in threads if t is not threading.current_thread()]
+            settles(lambda: all(waiting_for_the_mint(t) for t in others),
+                    "the other callers to wait for the mint")
+            return super().load()
+
+    source = HeldUntilAllWait(blocking=True)
     provider = TokenProvider(HOST, "us-east-1", credentials=source)
     results: list[str] = []
-    threads = [threading.Thread(target=lambda: results.append(provider.token()))
-               for _ in range(8)]
+    threads += [threading.Thread(target=lambda: results.append(provider.token()))
+                for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(set(results)) == 1 and source.loads == 1
+    assert len(results) == 8 and len(set(results)) == 1 and source.loads == 1
 
 
 def test_generate_token(monkeypatch: pytest.MonkeyPatch) -> None:
