@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 from reliability_chaos import ChaosPlan, chaos_endpoint, crash_and_restart, run_chaos
 
+from clock_support import settles
 from dsqlkit.local import LocalDSQL
 
 
@@ -113,7 +113,13 @@ def test_restart_backend_reaps_a_busy_orphaned_backend(crash_endpoint: LocalDSQL
 
     t = threading.Thread(target=spin, daemon=True)
     t.start()
-    time.sleep(0.3)
+    with psycopg.connect(ep.backend_dsn, autocommit=True) as watcher:
+        def spinning() -> bool:
+            row = watcher.execute("SELECT state, query FROM pg_stat_activity WHERE pid = %s",
+                                  [pid]).fetchone()
+            return row is not None and row[0] == "active" and row[1].startswith("DO ")
+
+        settles(spinning, "the backend to run its loop")  # busy in a statement: now kill
     ep.kill_backend()
     try:
         ep.restart_backend()
