@@ -11,8 +11,9 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import asyncpg
@@ -289,14 +290,40 @@ def test_copy_in_and_out(dsql_local: LocalDSQL) -> None:
         conn.execute("DROP TABLE t_copy")
 
 
+def _running(ep: LocalDSQL, marker: str) -> Callable[[], bool]:
+    """Whether a statement whose text ends with ``marker`` is running on the backend."""
+    def check() -> bool:
+        with psycopg.connect(ep.backend_dsn, autocommit=True) as admin:
+            return admin.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s "
+                "AND pid <> pg_backend_pid()", [f"%{marker}"]).fetchone() is not None
+    return check
+
+
+def _in_thread(conn: psycopg.Connection[Any], sql: str) -> tuple[threading.Thread,
+                                                                  list[object]]:
+    """Run ``sql`` on ``conn`` in a thread; the list gets its rows or its exception."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(conn.execute(sql).fetchall())
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
 def test_cancel_reaches_the_right_backend(dsql_local: LocalDSQL) -> None:
     with psycopg.connect(dsql_local.dsn()) as victim, psycopg.connect(dsql_local.dsn()) as other:
-        timer = threading.Timer(0.5, victim.cancel_safe)
-        timer.start()
-        started = time.monotonic()
-        with pytest.raises(psycopg.errors.QueryCanceled):
-            victim.execute("SELECT pg_sleep(20)")
-        assert time.monotonic() - started < 10
+        # The cancel is sent once the statement runs (a minute, unless cancelled).
+        thread, outcome = _in_thread(victim, "SELECT pg_sleep(60) AS cancel_me")
+        settles(_running(dsql_local, "cancel_me"), "the statement to run")
+        victim.cancel_safe()
+        thread.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.QueryCanceled)
         victim.rollback()
         assert other.execute("SELECT 1").fetchone() == (1,)
         assert victim.execute("SELECT 2").fetchone() == (2,)
@@ -305,12 +332,16 @@ def test_cancel_reaches_the_right_backend(dsql_local: LocalDSQL) -> None:
 def test_cancel_with_wrong_secret_is_ignored(dsql_local: LocalDSQL) -> None:
     with psycopg.connect(dsql_local.dsn()) as conn:
         pid = conn.info.backend_pid
-        import socket
-
-        s = socket.create_connection(("127.0.0.1", dsql_local.port))
+        # The wrong-key cancel arrives while a statement runs, and the endpoint has handled
+        # it (it closes a cancel connection when done) before the statement ends.
+        thread, outcome = _in_thread(conn, "SELECT pg_sleep(0.5), 1 AS wrong_secret")
+        settles(_running(dsql_local, "wrong_secret"), "the statement to run")
+        s = socket.create_connection(("127.0.0.1", dsql_local.port), timeout=10)
         s.sendall(wire.cancel_request(pid, 12345))
+        assert s.recv(1) == b""
         s.close()
-        assert conn.execute("SELECT pg_sleep(0.3), 1").fetchone() == ("", 1)
+        thread.join(30)
+        assert outcome == [[("", 1)]]
 
 
 def test_concurrent_sessions(dsql_local: LocalDSQL) -> None:
@@ -356,7 +387,8 @@ def test_sessions_waiting_on_the_backend_are_counted(raw_client: type,
     assert settles_at(0)
     slow = raw_client()
     slow.login(dsql_local)
-    slow.send(wire.query("SELECT pg_sleep(2)"))
+    # Busy for a minute: still waiting whatever the rest of the test takes.
+    slow.send(wire.query("SELECT pg_sleep(60) AS waiting_probe"))
     assert settles_at(1)
     with psycopg.connect(dsql_local.dsn(), autocommit=True) as conn:
         for _ in range(20):
@@ -368,6 +400,9 @@ def test_sessions_waiting_on_the_backend_are_counted(raw_client: type,
     assert server.sessions_waiting == 1
     slow.close()  # the client goes away while the backend still works for it
     assert settles_at(0)
+    with psycopg.connect(dsql_local.backend_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE query LIKE '%waiting_probe' AND pid <> pg_backend_pid()")
 
 
 # ---------------------------------------------------------------- lifecycle
