@@ -10,7 +10,6 @@ import ssl
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -379,10 +378,8 @@ def test_sessions_waiting_on_the_backend_are_counted(raw_client: type,
     server = dsql_local.server
 
     def settles_at(n: int) -> bool:
-        deadline = time.monotonic() + 5
-        while server.sessions_waiting != n and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return bool(server.sessions_waiting == n)
+        settles(lambda: server.sessions_waiting == n, f"{n} sessions waiting")
+        return True
 
     assert settles_at(0)
     slow = raw_client()
