@@ -290,8 +290,11 @@ def test_noop_run_in_processes_merges_counts_and_histograms() -> None:
 
 
 def test_duration_bounds_the_run() -> None:
+    # A duration is real time by definition (the runner's deadline is on perf_counter, with
+    # no clock to inject): the run must last at least its 0.3 s, and end soon after (a loose
+    # bound, not a window).
     result = run_bench(NOOP, LoadPlan(threads=2, iterations=None, duration=0.3, seed=1))
-    assert 0.25 <= result.elapsed < 1.5
+    assert 0.25 <= result.elapsed < 5
     assert result.summary.transfers > 100
     assert result.config.iterations is None and result.config.duration == 0.3
 
