@@ -64,6 +64,7 @@ def ours(text: str) -> dict[str, str] | None:
 @example("host=a\x1cport=1")
 @example("host='unterminated")
 @example("host=a host=b")
+@example("host=\\ ")  # an escaped space at the very end is the value
 def test_conninfo_parses_as_libpq_does(text: str) -> None:
     if "=" not in text or "\0" in text:
         return  # a host name or cluster id, not a key=value string (see the docstring)

@@ -554,7 +554,8 @@ def parse_connection_string(conninfo: str) -> dict[str, Any]:
             )
         return _parse_url(text)
     if "=" in text:
-        return _parse_conninfo(text)
+        # Unstripped at the end: a trailing "\\ " is an escaped space, part of the value.
+        return _parse_conninfo(conninfo.lstrip("".join(_SPACE)))
     if any(c.isspace() for c in text) or "/" in text or "?" in text:
         raise ConfigError(
             f"cannot parse connection string {_redact(text)!r}: use a postgres:// URL, "
