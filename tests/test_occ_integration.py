@@ -254,7 +254,7 @@ async def seed_experiment_async(
 ) -> tuple[int, int]:
     metrics = OCCMetrics()
     start = asyncio.Event()
-    read_all = asyncio.Barrier(WRITERS)  # as in seed_experiment_sync
+    read_all = asyncio.Event()  # a barrier as in seed_experiment_sync (asyncio.Barrier: 3.11+)
     first_reads = [WRITERS]
     delays: list[float] = []
 
@@ -266,6 +266,8 @@ async def seed_experiment_async(
         # writers' first attempts.
         if first_reads[0] > 0:
             first_reads[0] -= 1
+            if first_reads[0] == 0:
+                read_all.set()
             await asyncio.wait_for(read_all.wait(), SYNC_TIMEOUT)
 
     async def increment(conn: Any) -> None:
