@@ -8,14 +8,16 @@ format the parser expects.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from dsqlkit.local import LocalDSQL
-from dsqlkit.local.backend import BackendAddress
+from dsqlkit.local.backend import BackendAddress, ManagedPostgres
 from dsqlkit.local.occ.engine import Engine, Wait, WaitKind
 from dsqlkit.local.occ.lockwaits import LockWaitParser
 from dsqlkit.local.occ.monitor import LockMonitor
@@ -259,3 +261,37 @@ def test_a_closed_session_is_forgotten() -> None:
         assert holder.parks == []
         await monitor.stop()
     asyncio.run(run())
+
+
+# -- the log reader -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["unopenable", "full"])
+def test_the_log_is_drained_even_when_its_file_cannot_be_written(
+        tmp_path: Path, where: str) -> None:
+    # A pipe nobody reads blocks every PostgreSQL backend that logs: the reader must go on
+    # draining it (and feeding the lock monitor) whatever happens to the file.
+    pg = ManagedPostgres(tmp_path / "data", bin_dir=tmp_path)
+    pg.log_path = tmp_path / "missing" / "postgres.log" if where == "unopenable" \
+        else Path("/dev/full")
+    if where == "full" and not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    got: list[bytes] = []
+    pg.log_listeners.append(got.append)
+    read_end, write_end = os.pipe()
+    reader = threading.Thread(target=pg._read_log, args=(os.fdopen(read_end, "rb"),),
+                              daemon=True)
+    reader.start()
+    payload = WAIT * 2000  # more than a pipe holds
+
+    def write() -> None:
+        with os.fdopen(write_end, "wb") as w:
+            w.write(payload)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    writer.join(10)
+    assert not writer.is_alive(), "the log pipe is not drained"
+    reader.join(10)
+    assert not reader.is_alive()
+    assert b"".join(got) == payload

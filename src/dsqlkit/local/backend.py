@@ -255,9 +255,15 @@ class ManagedPostgres:
 
     def _read_log(self, pipe: IO[bytes]) -> None:
         """Copy the server's log to its file and to the listeners, as it is written. (It
-        must be read at once: a full pipe would block every backend that logs.)"""
+        must be read at once: a full pipe would block every backend that logs. So the pipe
+        is drained even when the file cannot be written, a full disk say.)"""
         fd = pipe.fileno()
-        with open(self.log_path, "ab") as logf:
+        logf: IO[bytes] | None = None
+        try:
+            logf = open(self.log_path, "ab")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            log.warning("cannot write the PostgreSQL log %s: %s", self.log_path, exc)
+        try:
             while True:
                 try:
                     chunk = os.read(fd, 65536)
@@ -265,14 +271,26 @@ class ManagedPostgres:
                     break
                 if not chunk:
                     break
-                logf.write(chunk)
-                logf.flush()
+                if logf is not None:
+                    try:
+                        logf.write(chunk)
+                        logf.flush()
+                    except OSError as exc:
+                        log.warning("cannot write the PostgreSQL log %s: %s; "
+                                    "its lines are dropped", self.log_path, exc)
+                        with contextlib.suppress(OSError):
+                            logf.close()
+                        logf = None
                 for listener in list(self.log_listeners):
                     try:
                         listener(chunk)
                     except Exception:  # a listener's bug must not stop the log
                         log.exception("a PostgreSQL log listener failed")
-        pipe.close()
+        finally:
+            if logf is not None:
+                with contextlib.suppress(OSError):
+                    logf.close()
+            pipe.close()
 
     @property
     def address(self) -> BackendAddress:
