@@ -219,7 +219,11 @@ class ManagedPostgres:
             "log_timezone": "UTC",
             "datestyle": "ISO, MDY",
             "logging_collector": "off",
-            "log_min_messages": "warning",
+            # The log holds the server's own messages (LOG, FATAL, PANIC) and its lock
+            # waits, not every client statement's error: under contention those are most of
+            # its lines, and the endpoint reads it as it is written.
+            "log_min_messages": "log",
+            "log_error_verbosity": "terse",
             "log_min_error_statement": "panic",
             # A COMMIT is acknowledged only once its WAL reached the kernel: killing
             # PostgreSQL (a crash, kill_backend()) never loses an acknowledged commit, as DSQL
