@@ -136,20 +136,26 @@ def test_exact_conflict_counts_when_every_commit_conflicts(
 def test_schema_change_during_a_run_is_counted_as_oc001(always_conflicting: LocalDSQL) -> None:
     ep = always_conflicting
     column = f"probe_{uuid.uuid4().hex[:8]}"
-    altered: list[bool] = []
+    altered_at: list[int] = []
 
-    def alter_once(done: int, failed: int, elapsed: float) -> None:
+    def alter_then_stop(done: int, failed: int, elapsed: float) -> None:
         # Once transfers have used the table, change it: DSQL fails the sessions that had it
-        # in their catalog with OC001.
-        if done and not altered:
-            altered.append(True)
+        # in their catalog with OC001. At most one transfer per thread (3) was in flight
+        # then, so once 10 more have ended, some started after the change; the run stops
+        # there (as on Ctrl-C), on that event rather than after some length of time.
+        if done and not altered_at:
             with psycopg.connect(ep.dsn(), autocommit=True) as conn:
                 conn.execute(f"ALTER TABLE accounts ADD COLUMN {column} text")
+            altered_at.append(done)
+        elif altered_at and done >= altered_at[0] + 10:
+            raise KeyboardInterrupt
 
+    # ``duration`` only bounds a run that never gets there.
     result = run_bench(direct(ep, retry=False),
-                       LoadPlan(threads=3, accounts=50, iterations=None, duration=1.0, seed=5),
-                       progress=alter_once)
-    assert altered
+                       LoadPlan(threads=3, accounts=50, iterations=None, duration=120.0, seed=5),
+                       progress=alter_then_stop)
+    assert result.interrupted
+    assert altered_at
     s = result.summary
     assert s.failures_by_class[Outcome.OC001] >= 1
     assert s.failures_by_class[Outcome.OC000] + s.failures_by_class[Outcome.OC001] == s.transfers
