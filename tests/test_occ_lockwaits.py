@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from clock_support import settles
 from dsqlkit.local import LocalDSQL
-from dsqlkit.local.backend import BackendAddress, ManagedPostgres
+from dsqlkit.local.backend import BackendAddress
 from dsqlkit.local.occ.engine import Engine, Wait, WaitKind
 from dsqlkit.local.occ.lockwaits import LockWaitParser
 from dsqlkit.local.occ.monitor import LockMonitor
+from dsqlkit.local.pglog import ServerLog
 
 WAIT = (b"2026-12-03 07:14:01.123 UTC [12345] LOG:  process 12345 still waiting for ShareLock "
         b"on transaction 789 after 1.023 ms\n"
@@ -271,17 +274,14 @@ def test_the_log_is_drained_even_when_its_file_cannot_be_written(
         tmp_path: Path, where: str) -> None:
     # A pipe nobody reads blocks every PostgreSQL backend that logs: the reader must go on
     # draining it (and feeding the lock monitor) whatever happens to the file.
-    pg = ManagedPostgres(tmp_path / "data", bin_dir=tmp_path)
-    pg.log_path = tmp_path / "missing" / "postgres.log" if where == "unopenable" \
+    path = tmp_path / "missing" / "postgres.log" if where == "unopenable" \
         else Path("/dev/full")
     if where == "full" and not Path("/dev/full").exists():
         pytest.skip("no /dev/full here")
     got: list[bytes] = []
-    pg.log_listeners.append(got.append)
     read_end, write_end = os.pipe()
-    reader = threading.Thread(target=pg._read_log, args=(os.fdopen(read_end, "rb"),),
-                              daemon=True)
-    reader.start()
+    server_log = ServerLog(os.fdopen(read_end, "rb"), path, [got.append])
+    server_log.start()
     payload = WAIT * 2000  # more than a pipe holds
 
     def write() -> None:
@@ -292,6 +292,68 @@ def test_the_log_is_drained_even_when_its_file_cannot_be_written(
     writer.start()
     writer.join(10)
     assert not writer.is_alive(), "the log pipe is not drained"
-    reader.join(10)
-    assert not reader.is_alive()
+    settles(lambda: server_log.closed, "the reader to see the pipe's end")
     assert b"".join(got) == payload
+
+
+def test_the_log_moves_between_its_thread_and_a_loop_losing_nothing(tmp_path: Path) -> None:
+    # Read by its thread, then by an event loop (attach), then by a thread again (detach):
+    # every byte reaches the file and the listeners once, in order, and the pipe's end
+    # closes it wherever it is read.
+    path = tmp_path / "postgres.log"
+    got: list[bytes] = []
+    arrived = threading.Condition()
+
+    def listen(chunk: bytes) -> None:
+        with arrived:
+            got.append(chunk)
+            arrived.notify_all()
+
+    def delivered(n: int) -> None:
+        with arrived:
+            assert arrived.wait_for(lambda: len(b"".join(got)) == n, 10), b"".join(got)
+
+    read_end, write_end = os.pipe()
+    server_log = ServerLog(os.fdopen(read_end, "rb"), path, [listen])
+    server_log.start()
+    parts = [b"thread %d\n" % i for i in range(3)]
+    os.write(write_end, parts[0])
+    delivered(len(parts[0]))
+
+    async def on_loop() -> None:
+        server_log.attach(asyncio.get_running_loop())
+        server_log.attach(asyncio.get_running_loop())  # twice is once
+        os.write(write_end, parts[1])
+        deadline = time.monotonic() + 10
+        while len(b"".join(got)) < len(parts[0] + parts[1]):
+            assert time.monotonic() < deadline, b"".join(got)
+            await asyncio.sleep(0)  # the loop itself reads: let it run
+        server_log.detach()
+
+    asyncio.run(on_loop())
+    os.write(write_end, parts[2] + WAIT)
+    delivered(len(b"".join(parts) + WAIT))
+    os.close(write_end)
+    settles(lambda: server_log.closed, "the reader to see the pipe's end")
+    assert b"".join(got) == b"".join(parts) + WAIT
+    assert path.read_bytes() == b"".join(parts) + WAIT
+    assert LockWaitParser().feed(b"".join(got)) == [12345]
+
+
+def test_a_closed_log_ignores_hand_overs(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    server_log = ServerLog(os.fdopen(read_end, "rb"), tmp_path / "log", [])
+
+    async def on_loop() -> None:
+        server_log.attach(asyncio.get_running_loop())
+        os.close(write_end)
+        deadline = time.monotonic() + 10
+        while not server_log.closed:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0)
+        server_log.attach(asyncio.get_running_loop())
+        server_log.detach()
+
+    asyncio.run(on_loop())
+    server_log.start()
+    assert server_log.closed

@@ -377,6 +377,7 @@ class LocalDSQL:
                 loop.run_until_complete(self._serve_setup())
             except BaseException as exc:
                 errors.append(exc)
+                self._detach_log()
                 ready.set()
                 loop.close()
                 return
@@ -386,6 +387,7 @@ class LocalDSQL:
             finally:
                 with contextlib.suppress(Exception):
                     loop.run_until_complete(self._server.close())
+                self._detach_log()
                 loop.close()
 
         self._thread = threading.Thread(target=run, name="dsqlkit-local", daemon=True)
@@ -411,15 +413,31 @@ class LocalDSQL:
 
         parser = LockWaitParser()
         loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
 
-        def listen(chunk: bytes) -> None:  # the log reader's thread
+        def listen(chunk: bytes) -> None:  # on the loop, or the log's thread before attach
             pids = parser.feed(chunk)
-            if pids:
+            if not pids:
+                return
+            if threading.get_ident() == loop_thread:
+                monitor.reported(pids)
+            else:
                 with contextlib.suppress(RuntimeError):  # the loop closed: we are stopping
                     loop.call_soon_threadsafe(monitor.reported, pids)
 
         self.postgres.log_listeners[:] = [listen]
+        self._attach_log()
         monitor.delay = max(monitor.delay, 0.05)
+
+    def _detach_log(self) -> None:
+        """The loop is stopping: a thread drains the log again (call it on the loop)."""
+        if self.postgres is not None and self.postgres.log is not None:
+            self.postgres.log.detach()
+
+    def _attach_log(self) -> None:
+        """Read the managed PostgreSQL's log on the endpoint's loop (dsqlkit.local.pglog)."""
+        if self.postgres is not None and self.postgres.log is not None:
+            self.postgres.log.attach(asyncio.get_running_loop())
 
     def build_server(self) -> Any:
         from dsqlkit.local.faults import Faults
@@ -460,6 +478,9 @@ class LocalDSQL:
         if self.postgres is None:
             raise LocalEndpointError("this endpoint fronts a backend it does not manage")
         self._address = self.postgres.restart()
+        if self._loop is not None and self._server is not None \
+                and self._server.monitor is not None:
+            self.call(self._attach_log)
 
     def kill_backend(self) -> None:
         """SIGKILL the managed PostgreSQL, as a crash would (chaos testing)."""

@@ -22,17 +22,16 @@ import signal
 import struct
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 from urllib.parse import unquote, urlsplit
 
 from dsqlkit.errors import LocalEndpointError
 from dsqlkit.local import wire
 from dsqlkit.local.link import Link
+from dsqlkit.local.pglog import ServerLog
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +164,9 @@ class ManagedPostgres:
         self.user = _run_as_user()
         self.socket_dir = ""
         self.proc: subprocess.Popen[bytes] | None = None
-        # Called with every chunk of the server's log, from a thread of its own.
+        # Called with every chunk of the server's log (see dsqlkit.local.pglog).
         self.log_listeners: list[Callable[[bytes], None]] = []
+        self.log: ServerLog | None = None
         # How long a lock wait lasts before PostgreSQL reports it (deadlock_timeout).
         self.lock_wait_ms = lock_wait_ms
         self.log_path = pgdata.parent / "postgres.log"
@@ -251,50 +251,11 @@ class ManagedPostgres:
         finally:
             logf.close()
         assert self.proc is not None and self.proc.stderr is not None
-        threading.Thread(target=self._read_log, args=(self.proc.stderr,), daemon=True,
-                         name="dsqlkit-postgres-log").start()
+        self.log = ServerLog(self.proc.stderr, self.log_path, self.log_listeners)
+        self.log.start()
         self._wait_ready(timeout)
         log.info("PostgreSQL (%s) ready on %s", self.bin_dir, self.socket_dir)
         return self.address
-
-    def _read_log(self, pipe: IO[bytes]) -> None:
-        """Copy the server's log to its file and to the listeners, as it is written. (It
-        must be read at once: a full pipe would block every backend that logs. So the pipe
-        is drained even when the file cannot be written, a full disk say.)"""
-        fd = pipe.fileno()
-        logf: IO[bytes] | None = None
-        try:
-            logf = open(self.log_path, "ab")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            log.warning("cannot write the PostgreSQL log %s: %s", self.log_path, exc)
-        try:
-            while True:
-                try:
-                    chunk = os.read(fd, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                if logf is not None:
-                    try:
-                        logf.write(chunk)
-                        logf.flush()
-                    except OSError as exc:
-                        log.warning("cannot write the PostgreSQL log %s: %s; "
-                                    "its lines are dropped", self.log_path, exc)
-                        with contextlib.suppress(OSError):
-                            logf.close()
-                        logf = None
-                for listener in list(self.log_listeners):
-                    try:
-                        listener(chunk)
-                    except Exception:  # a listener's bug must not stop the log
-                        log.exception("a PostgreSQL log listener failed")
-        finally:
-            if logf is not None:
-                with contextlib.suppress(OSError):
-                    logf.close()
-            pipe.close()
 
     @property
     def address(self) -> BackendAddress:
