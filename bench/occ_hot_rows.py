@@ -10,7 +10,8 @@ no retry) through their own connections, 1,000 transfers per run, on 10 accounts
 accounts, alternating in interleaved rounds against one endpoint in its own process. For each
 round it prints p50/p90 latency, throughput and where conflicts were reported (at COMMIT, as
 DSQL does, or at a statement), then the median of the per-round ratios hot/cold with their
-range. Targets (issue 12): p90 ratio <= 1.5, throughput ratio >= 0.7, conflicts reported.
+range, and the latency of the committed and of the lost transfers apart. Targets (issue 12):
+p90 ratio <= 1.5, throughput ratio >= 0.7, conflicts reported.
 Then the hot workload runs once more with retry (OCCRetryConfig.high_contention()): 0 failures.
 
     python bench/occ_hot_rows.py              # 5 rounds
@@ -58,6 +59,8 @@ class Run:
     failed: int = 0  # anything else, or retries exhausted
     errors: list[str] = field(default_factory=list)
     elapsed: float = 0.0
+    # Latencies by outcome (without retry): "committed", "lost" (an OCC conflict), "other".
+    by_outcome: dict[str, list[float]] = field(default_factory=dict)
 
     def pct(self, q: float) -> float:
         values = sorted(self.latencies)
@@ -79,7 +82,7 @@ def reset(ep: Endpoint, accounts: int) -> None:
                          [INITIAL_BALANCE, low, min(low + 999, accounts)])
 
 
-def once(conn: psycopg.Connection[Any], t: Transfer, run: Run, lock: threading.Lock) -> None:
+def once(conn: psycopg.Connection[Any], t: Transfer, run: Run, lock: threading.Lock) -> str:
     """One attempt of chapter 4's transfer, as dsqlkit's runners open it (psycopg's
     transaction(): simple-protocol BEGIN and COMMIT); records where a conflict was
     reported."""
@@ -101,9 +104,10 @@ def once(conn: psycopg.Connection[Any], t: Transfer, run: Run, lock: threading.L
     except TransferRejected:
         with lock:
             run.rejected += 1
-        return
+        return "other"
     with lock:
         run.committed += 1
+    return "committed"
 
 
 def run_workload(ep: Endpoint, accounts: int, seed: int,
@@ -123,13 +127,14 @@ def run_workload(ep: Endpoint, accounts: int, seed: int,
                     return
                 t = transfers.pop()
             started = time.perf_counter()
+            outcome = "other"
             try:
                 if retry is None:
-                    once(conn, t, run, lock)
+                    outcome = once(conn, t, run, lock)
                 else:
                     retry_on_occ(retry, partial(once, conn, t, run, lock))
             except psycopg.errors.SerializationFailure:
-                pass  # counted in once()
+                outcome = "lost"  # counted in once()
             except OCCRetryExhausted as exc:
                 with lock:
                     run.failed += 1
@@ -141,6 +146,7 @@ def run_workload(ep: Endpoint, accounts: int, seed: int,
             elapsed = time.perf_counter() - started
             with lock:
                 run.latencies.append(elapsed)
+                run.by_outcome.setdefault(outcome, []).append(elapsed)
 
     threads = [threading.Thread(target=worker, args=(c,)) for c in conns]
     started = time.perf_counter()
@@ -164,6 +170,18 @@ def describe(name: str, run: Run) -> str:
             f"{run.rejected:3d}  other {run.failed}")
 
 
+def by_outcome(name: str, runs: list[Run]) -> str:
+    """Mean and p90 latency of the committed and of the lost transfers, over all runs."""
+    parts = []
+    for outcome in ("committed", "lost"):
+        values = sorted(v for r in runs for v in r.by_outcome.get(outcome, []))
+        if values:
+            share = len(values) / sum(len(r.latencies) for r in runs)
+            parts.append(f"{outcome} {share:4.0%}: mean {statistics.mean(values) * 1000:5.2f} "
+                         f"p90 {values[int(0.9 * len(values))] * 1000:5.2f} ms")
+    return f"{name:>5}: " + ";  ".join(parts)
+
+
 def median_range(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} (rounds {min(values):.2f}..{max(values):.2f})"
 
@@ -176,6 +194,7 @@ def main() -> None:
     p90_ratios: list[float] = []
     tput_ratios: list[float] = []
     hot_runs: list[Run] = []
+    cold_runs: list[Run] = []
     with endpoint() as ep:
         run_workload(ep, 1000, 0)  # warm up: caches, connections, JIT-free paths
         for r in range(args.rounds):
@@ -183,6 +202,7 @@ def main() -> None:
             runs = {n: run_workload(ep, n, args.seed + r) for n in order}
             hot, cold = runs[10], runs[1000]
             hot_runs.append(hot)
+            cold_runs.append(cold)
             p90_ratios.append(hot.pct(0.9) / cold.pct(0.9))
             tput_ratios.append(hot.throughput / cold.throughput)
             print(f"round {r + 1}")
@@ -194,6 +214,9 @@ def main() -> None:
           "(target <= 1.5)")
     print(f"throughput,  10 accounts / 1,000 accounts: {median_range(tput_ratios)}  "
           "(target >= 0.7)")
+    print("by outcome (all rounds; a lost transfer is one that failed with OC000):")
+    print("  " + by_outcome("hot", hot_runs))
+    print("  " + by_outcome("cold", cold_runs))
     at_commit = sum(r.at_commit for r in hot_runs)
     at_statement = sum(r.at_statement for r in hot_runs)
     print(f"conflicts on 10 accounts: {at_commit} reported at COMMIT, {at_statement} at a "
