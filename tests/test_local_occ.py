@@ -4,6 +4,7 @@ touched the row first (dsqlkit.local.occ.engine)."""
 
 from __future__ import annotations
 
+import struct
 import threading
 import uuid
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from dsqlkit.local import LocalDSQL
+from dsqlkit.local import LocalDSQL, wire
 
 OC000 = "change conflicts with another transaction (OC000)"
 
@@ -233,3 +234,52 @@ def test_every_block_runs_at_repeatable_read(dsql_local: LocalDSQL) -> None:
             assert level == ("repeatable read",)
         finally:
             backend.execute(f"DROP FUNCTION public.{name}()")
+
+
+def _bind(statement: str, *params: int) -> bytes:
+    body = b"\0" + statement.encode() + b"\0" + struct.pack("!hh", 0, len(params))
+    for p in params:
+        text = str(p).encode()
+        body += struct.pack("!i", len(text)) + text
+    return wire.message(wire.BIND, body + struct.pack("!h", 0))
+
+
+_DESCRIBE_PORTAL = wire.message(wire.DESCRIBE, b"P\0")
+_EXECUTE = wire.message(wire.EXECUTE, b"\0" + struct.pack("!i", 0))
+_SYNC = wire.message(wire.SYNC)
+
+
+def test_statements_prepared_by_a_refused_unit_stay_the_clients(
+    dsql_local: LocalDSQL, table: str, raw_client: type
+) -> None:
+    # A driver that prepares two statements by name in the very unit PostgreSQL refuses (a
+    # row committed since the snapshot): the unit answers from its dry run, and afterwards
+    # the statements are the client's UPDATEs, not their dry runs.
+    a = raw_client()
+    a.login(dsql_local)
+    a.send(wire.query("BEGIN") + wire.query(f"SELECT v FROM {table} WHERE id = 1"))
+    a.read_until(wire.READY_FOR_QUERY)
+    a.read_until(wire.READY_FOR_QUERY)
+    with conn(dsql_local) as b:
+        b.execute(f"UPDATE {table} SET v = 10 WHERE id = 1")
+        a.send(wire.parse_message("s1", f"UPDATE {table} SET v = v + $1 WHERE id = $2 "
+                                        "RETURNING v", [23, 23])
+               + wire.parse_message("s2", f"UPDATE {table} SET v = v + 1 WHERE id = 2", [])
+               + _bind("s1", 1, 1) + _DESCRIBE_PORTAL + _EXECUTE
+               + _bind("s2") + _EXECUTE + _SYNC)
+        answer = [m for m, _ in a.read_until(wire.READY_FOR_QUERY)]
+        assert answer == [wire.PARSE_COMPLETE, wire.PARSE_COMPLETE, wire.BIND_COMPLETE,
+                          wire.ROW_DESCRIPTION, wire.DATA_ROW, wire.COMMAND_COMPLETE,
+                          wire.BIND_COMPLETE, wire.COMMAND_COMPLETE, wire.READY_FOR_QUERY]
+        a.send(wire.query("COMMIT"))
+        assert a.error()["C"] == "40001"
+        a.read_until(wire.READY_FOR_QUERY)
+        # Outside any transaction, the prepared statements write.
+        a.send(_bind("s1", 5, 3) + _DESCRIBE_PORTAL + _EXECUTE + _bind("s2") + _EXECUTE
+               + _SYNC)
+        frames = a.read_until(wire.READY_FOR_QUERY)
+        tags = [wire.parse_command_tag(bytes([m]) + b"\0\0\0\0" + body)
+                for m, body in frames if m == wire.COMMAND_COMPLETE]
+        assert tags == ["UPDATE 1", "UPDATE 1"]
+        assert b.execute(f"SELECT id, v FROM {table} WHERE id IN (1, 2, 3) ORDER BY id"
+                         ).fetchall() == [(1, 10), (2, 1), (3, 5)]

@@ -464,6 +464,7 @@ class Relay:
         if prefix:
             parts.append(prefix)
             self.expect.append((wire.QUERY, DISCARD))
+        pending = iter(expects)
         for mtype, frame in unit:
             if mtype == wire.PARSE and frame[5] != 0:
                 # The first run created this prepared statement; close it so that the
@@ -472,7 +473,13 @@ class Relay:
                 parts.append(wire.message(wire.CLOSE, b"S" + name + b"\0"))
                 self.expect.append((wire.CLOSE, DISCARD))
             parts.append(frame)
-        self.expect.extend(expects)
+            # Each expectation in place: a Close added above is answered before the
+            # messages that follow it.
+            if mtype != wire.FLUSH:
+                expected = next(pending, None)
+                if expected is not None:
+                    self.expect.append(expected)
+        self.expect.extend(pending)
         self.write_backend(b"".join(parts))
         self.hooks.started_waiting()
 

@@ -64,6 +64,8 @@ _BLOCK_START = wire.query(
     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; SAVEPOINT dsqlkit_txn")
 _ROLLBACK_TO_TXN = wire.query("ROLLBACK TO SAVEPOINT dsqlkit_txn")
 _READ_KINDS = frozenset({"select", "show", "set", "empty"})
+# The names dry runs of the client's prepared statements are prepared under.
+_DRY_PREFIX = "dsqlkit_dry_"
 
 
 class OccHost(Protocol):
@@ -325,10 +327,16 @@ class SessionOcc:
         return await self._rerun
 
     def _dry_unit(self, unit: list[Message]) -> tuple[list[Message], list[Expect]] | None:
-        """The unit with each locking statement replaced by its dry run, or None."""
+        """The unit with each locking statement replaced by its dry run, or None.
+
+        A statement the unit prepares by name keeps its own text (the client runs it again
+        later); its dry run is prepared under another name, which the unit's Binds and
+        Describes use.
+        """
         msgs: list[Message] = []
         expects: list[Expect] = []
         by_statement: dict[str, DryRun | None] = {}
+        renamed: dict[str, str] = {}
         by_portal: dict[str, DryRun | None] = {}
         for mtype, frame in unit:
             special: Special | None = None
@@ -345,12 +353,21 @@ class SessionOcc:
                 if not ok:
                     return None
                 by_statement[name] = converted
-                if converted is not None:
+                if converted is not None and name:
+                    # The client's statement as it is (its first run prepared it; the run
+                    # again prepares it anew), then its dry run under another name.
+                    renamed[name] = _DRY_PREFIX + name
+                    msgs.append((mtype, frame))
+                    expects.append((mtype, DISCARD))
+                    frame = wire.parse_message(renamed[name], converted.sql, oids)
+                elif converted is not None:
                     frame = wire.parse_message(name, converted.sql, oids)
             elif mtype == wire.BIND:
                 portal, statement = wire.parse_bind_names(frame)
                 if statement in by_statement:
                     by_portal[portal] = by_statement[statement]
+                    if statement in renamed:
+                        frame = wire.rebind(frame, renamed[statement])
                 else:
                     prepared = self.policy.prepared.get(statement)
                     if prepared is None:
@@ -361,14 +378,20 @@ class SessionOcc:
                     by_portal[portal] = converted
                     if converted is not None:
                         # A statement prepared earlier: prepare its dry run under another name.
-                        dry_name = f"dsqlkit_dry_{statement}"
+                        dry_name = _DRY_PREFIX + statement
                         msgs.append((wire.PARSE,
                                      wire.parse_message(dry_name, converted.sql, prepared[1])))
                         expects.append((wire.PARSE, DISCARD))
                         frame = wire.rebind(frame, dry_name)
             elif mtype == wire.DESCRIBE:
                 kind, name = wire.parse_describe_or_close(frame)
-                found = by_statement.get(name) if kind == "S" else by_portal.get(name)
+                if kind == "S":
+                    found = by_statement.get(name)
+                    if name in renamed:
+                        frame = wire.message(wire.DESCRIBE,
+                                             b"S" + renamed[name].encode() + b"\0")
+                else:
+                    found = by_portal.get(name)
                 special = Special(present=_presentation(found)) if found is not None else None
             elif mtype == wire.EXECUTE:
                 portal, _ = wire.parse_execute(frame)
