@@ -14,7 +14,13 @@ import asyncio
 import select
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    AsyncExitStack,
+    ExitStack,
+    contextmanager,
+)
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -166,6 +172,41 @@ class AgeCapRun:
         what is past its cap."""
         self.clock.advance(CHECKOUT)
         self.ep.check_ages()
+
+    def drive(self, done: Callable[[], bool],
+              checkout: Callable[[], AbstractContextManager[Any]],
+              query: Callable[[Any], object]) -> None:
+        """The whole scenario for a thread pool: ``checkout()`` hands out a connection,
+        ``query(conn)`` runs a statement on it."""
+        def work() -> None:
+            with checkout() as conn:
+                query(conn)
+
+        for _ in self.steps(done):
+            self.load.add(run_threads(work, rounds=3, workers=6))
+            with ExitStack() as stack:
+                held = [stack.enter_context(checkout()) for _ in range(4)]
+                self.checkout_lasts()
+                for conn in held:
+                    query(conn)
+        self.load.check(minimum=18 * self.taken)
+
+    async def drive_async(self, done: Callable[[], bool],
+                          checkout: Callable[[], AbstractAsyncContextManager[Any]],
+                          query: Callable[[Any], Awaitable[object]]) -> None:
+        """:meth:`drive` for an asyncio pool."""
+        async def work() -> None:
+            async with checkout() as conn:
+                await query(conn)
+
+        for _ in self.steps(done):
+            self.load.add(await run_tasks(work, rounds=3, workers=6))
+            async with AsyncExitStack() as stack:
+                held = [await stack.enter_async_context(checkout()) for _ in range(4)]
+                self.checkout_lasts()
+                for conn in held:
+                    await query(conn)
+        self.load.check(minimum=18 * self.taken)
 
 
 def age_out(ep: LocalDSQL, clock: ManualClock) -> None:

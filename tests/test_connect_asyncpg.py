@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from typing import Any
@@ -189,21 +188,8 @@ async def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
     with run.endpoint(dsql_local) as ep:
         async with da.create_pool(ep.url(), credentials=ep.credentials, min_size=4,
                                   max_size=4, clock=run.clock, init=init) as pool:
-            async def work() -> None:
-                async with pool.acquire() as conn:
-                    await conn.fetchval("SELECT 1")
-
-            def replaced_twice() -> bool:
-                return len(opened) >= 12
-
-            for _ in run.steps(replaced_twice):
-                run.load.add(await run_tasks(work, rounds=3, workers=6))
-                async with contextlib.AsyncExitStack() as stack:
-                    held = [await stack.enter_async_context(pool.acquire()) for _ in range(4)]
-                    run.checkout_lasts()
-                    for conn in held:
-                        await conn.fetchval("SELECT 1")
-            run.load.check(minimum=18 * run.taken)
+            await run.drive_async(lambda: len(opened) >= 12, pool.acquire,
+                                  lambda conn: conn.fetchval("SELECT 1"))
 
 
 async def test_connections_closed_by_the_server_are_replaced(dsql_local: LocalDSQL) -> None:

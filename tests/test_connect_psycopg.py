@@ -177,21 +177,8 @@ def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
         ep.url(), credentials=ep.credentials, min_size=4, max_size=4, clock=run.clock,
         kwargs={"autocommit": True},
     ) as pool:
-        def work() -> None:
-            with pool.connection() as conn:
-                conn.execute("SELECT 1")
-
-        def replaced_twice() -> bool:
-            return pool.get_stats().get("connections_num", 0) >= 12
-
-        for _ in run.steps(replaced_twice):
-            run.load.add(run_threads(work, rounds=3, workers=6))
-            with contextlib.ExitStack() as stack:
-                held = [stack.enter_context(pool.connection()) for _ in range(4)]
-                run.checkout_lasts()
-                for conn in held:
-                    conn.execute("SELECT 1")
-        run.load.check(minimum=18 * run.taken)
+        run.drive(lambda: pool.get_stats().get("connections_num", 0) >= 12,
+                  pool.connection, lambda conn: conn.execute("SELECT 1"))
 
 
 def test_connections_closed_by_the_server_are_replaced(dsql_local: LocalDSQL,
@@ -311,19 +298,5 @@ async def test_async_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> Non
         pool = dp.create_async_pool(ep.url(), credentials=ep.credentials, min_size=4,
                                     max_size=4, clock=run.clock, kwargs={"autocommit": True})
         async with pool:
-            async def work() -> None:
-                async with pool.connection() as conn:
-                    await conn.execute("SELECT 1")
-
-            def replaced_twice() -> bool:
-                return pool.get_stats().get("connections_num", 0) >= 12
-
-            for _ in run.steps(replaced_twice):
-                run.load.add(await run_tasks(work, rounds=3, workers=6))
-                async with contextlib.AsyncExitStack() as stack:
-                    held = [await stack.enter_async_context(pool.connection())
-                            for _ in range(4)]
-                    run.checkout_lasts()
-                    for conn in held:
-                        await conn.execute("SELECT 1")
-            run.load.check(minimum=18 * run.taken)
+            await run.drive_async(lambda: pool.get_stats().get("connections_num", 0) >= 12,
+                                  pool.connection, lambda conn: conn.execute("SELECT 1"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 
@@ -155,21 +154,8 @@ def test_age_cap_under_continuous_load(dsql_local: LocalDSQL) -> None:
     with run.endpoint(dsql_local) as ep, d2.create_pool(
         ep.url(), credentials=ep.credentials, min_size=4, max_size=4, clock=run.clock,
     ) as pool:
-        def work() -> None:
-            with pool.connection() as conn:
-                _one(conn, "SELECT 1")
-
-        def replaced_twice() -> bool:
-            return pool.replaced >= 8
-
-        for _ in run.steps(replaced_twice):
-            run.load.add(run_threads(work, rounds=3, workers=6))
-            with contextlib.ExitStack() as stack:
-                held = [stack.enter_context(pool.connection()) for _ in range(4)]
-                run.checkout_lasts()
-                for conn in held:
-                    _one(conn, "SELECT 1")
-        run.load.check(minimum=18 * run.taken)
+        run.drive(lambda: pool.replaced >= 8, pool.connection,
+                  lambda conn: _one(conn, "SELECT 1"))
 
 
 def test_connections_closed_by_the_server_are_replaced(dsql_local: LocalDSQL) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from types import SimpleNamespace
 
@@ -126,21 +125,8 @@ def test_age_cap_under_continuous_load(dsql_local: LocalDSQL,
         opened: list[float] = []
         event.listen(engine, "connect", lambda *_: opened.append(run.clock()))
         try:
-            def work() -> None:
-                with engine.connect() as conn:
-                    conn.execute(text("SELECT 1"))
-
-            def replaced_twice() -> bool:
-                return len(opened) >= 12
-
-            for _ in run.steps(replaced_twice):
-                run.load.add(run_threads(work, rounds=3, workers=6))
-                with contextlib.ExitStack() as stack:
-                    held = [stack.enter_context(engine.connect()) for _ in range(4)]
-                    run.checkout_lasts()
-                    for conn in held:
-                        conn.execute(text("SELECT 1"))
-            run.load.check(minimum=18 * run.taken)
+            run.drive(lambda: len(opened) >= 12, engine.connect,
+                      lambda conn: conn.execute(text("SELECT 1")))
         finally:
             engine.dispose()
 

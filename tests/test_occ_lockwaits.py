@@ -164,15 +164,24 @@ def _pair(*, holder_idle: bool) -> tuple[Engine, FakeSession, FakeSession]:
     return engine, FakeSession(1, 101, idle=holder_idle), FakeSession(2, 102, idle=False)
 
 
+async def _reported_wait(*, holder_idle: bool, real: bool = True
+                         ) -> tuple[Engine, FakeSession, FakeSession, ScriptedMonitor]:
+    """Session 2 waits, the log reports it, and the monitor has asked PostgreSQL, whose
+    answer is a wait on session 1's row (``real``) or nothing (a forged report)."""
+    engine, holder, waiter = _pair(holder_idle=holder_idle)
+    monitor = ScriptedMonitor(engine, [holder, waiter])
+    if real:
+        monitor.truth = [Wait(102, WaitKind.ROW, (101,))]
+    monitor.start()
+    monitor.started_waiting(waiter)
+    monitor.reported([102])
+    await monitor.poll_done()
+    return engine, holder, waiter, monitor
+
+
 def test_a_reported_wait_is_checked_with_postgresql_then_the_idle_holder_parks() -> None:
     async def run() -> None:
-        engine, holder, waiter = _pair(holder_idle=True)
-        monitor = ScriptedMonitor(engine, [holder, waiter])
-        monitor.truth = [Wait(102, WaitKind.ROW, (101,))]
-        monitor.start()
-        monitor.started_waiting(waiter)
-        monitor.reported([102])
-        await monitor.poll_done()
+        _, holder, _, monitor = await _reported_wait(holder_idle=True)
         assert monitor.asked == [[102]]  # at once, not after the 60 s poll delay
         assert holder.parks == [1]
         assert monitor.stats["waits_reported"] == 1
@@ -183,12 +192,7 @@ def test_a_reported_wait_is_checked_with_postgresql_then_the_idle_holder_parks()
 def test_a_forged_report_parks_no_one() -> None:
     # A client's text in the log looks like a wait; PostgreSQL says otherwise.
     async def run() -> None:
-        engine, holder, waiter = _pair(holder_idle=True)
-        monitor = ScriptedMonitor(engine, [holder, waiter])
-        monitor.start()
-        monitor.started_waiting(waiter)
-        monitor.reported([102])
-        await monitor.poll_done()
+        engine, holder, _, monitor = await _reported_wait(holder_idle=True, real=False)
         assert holder.parks == []
         assert engine.txn(1) is not None and not engine.txn(1).partners  # type: ignore[union-attr]
         await monitor.stop()
@@ -197,13 +201,7 @@ def test_a_forged_report_parks_no_one() -> None:
 
 def test_a_busy_holder_makes_way_when_it_becomes_idle() -> None:
     async def run() -> None:
-        engine, holder, waiter = _pair(holder_idle=False)
-        monitor = ScriptedMonitor(engine, [holder, waiter])
-        monitor.truth = [Wait(102, WaitKind.ROW, (101,))]
-        monitor.start()
-        monitor.started_waiting(waiter)
-        monitor.reported([102])
-        await monitor.poll_done()
+        _, holder, _, monitor = await _reported_wait(holder_idle=False)
         assert holder.parks == []
         holder.idle = True
         monitor.became_idle(holder)
@@ -216,13 +214,7 @@ def test_a_busy_holder_makes_way_when_it_becomes_idle() -> None:
 
 def test_no_way_is_made_for_a_session_that_stopped_waiting() -> None:
     async def run() -> None:
-        engine, holder, waiter = _pair(holder_idle=False)
-        monitor = ScriptedMonitor(engine, [holder, waiter])
-        monitor.truth = [Wait(102, WaitKind.ROW, (101,))]
-        monitor.start()
-        monitor.started_waiting(waiter)
-        monitor.reported([102])
-        await monitor.poll_done()
+        _, holder, waiter, monitor = await _reported_wait(holder_idle=False)
         monitor.stopped_waiting(waiter)  # its statement got its answer meanwhile
         holder.idle = True
         monitor.became_idle(holder)
@@ -249,13 +241,7 @@ def test_reports_of_sessions_not_waiting_or_unknown_ask_nothing() -> None:
 
 def test_a_closed_session_is_forgotten() -> None:
     async def run() -> None:
-        engine, holder, waiter = _pair(holder_idle=False)
-        monitor = ScriptedMonitor(engine, [holder, waiter])
-        monitor.truth = [Wait(102, WaitKind.ROW, (101,))]
-        monitor.start()
-        monitor.started_waiting(waiter)
-        monitor.reported([102])
-        await monitor.poll_done()
+        _, holder, waiter, monitor = await _reported_wait(holder_idle=False)
         monitor.forget(holder)
         monitor.forget(waiter)
         assert monitor.waiting == {}
