@@ -176,6 +176,15 @@ class Relay:
         self.result_index = 0
         # The message being checked is the first of its unit.
         self.first_of_unit = False
+        # Where the message being checked is (see sole_statement), and how many statements
+        # (Query, Bind) of the unit went before it.
+        self._at: tuple[bytes, Frames, int] = (b"", [], 0)
+        self.unit_statements = 0
+        # The command tag of the backend's last CommandComplete (as the backend sent it).
+        self.last_tag = b""
+        # What the endpoint's own messages in a hook's replacement expect, in order (the
+        # client's message, last in the replacement, gets its own).
+        self.extra_expects: list[Expect] = []
         # -- the unit in flight
         self.recording = False
         self.unit_msgs: list[Message] = []
@@ -264,6 +273,7 @@ class Relay:
                             out.append(data[seg:start])
                             seg = start
                         self._reset_unit()
+                        self._at = (data, frames, i)
                         if not hooks.unit_begins(mtype, data, start, end):
                             self._pause(batch, i, seg, data)
                             return
@@ -279,7 +289,9 @@ class Relay:
                     # A statement (or a run of a prepared one): the hooks decide what the
                     # backend runs.
                     self.first_of_unit = began
+                    self._at = (data, frames, i)
                     checked = hooks.check(mtype, data, start, end)
+                    self.unit_statements += mtype != wire.PARSE
                     if checked is None:
                         return  # the session ended
                     if isinstance(checked, Pending):
@@ -301,7 +313,11 @@ class Relay:
                     if mtype == wire.PARSE:
                         special = self._remember_statement(data, start, special)
                     elif mtype == wire.BIND:
-                        if self.stmt_present or self.portal_present:
+                        if special is not None and special.present is not None:
+                            portal = wire.parse_bind_names(data[start:end])[0]
+                            self.portal_present[portal] = special.present
+                            special = None
+                        elif self.stmt_present or self.portal_present:
                             self._remember_portal(data, start, end)
                     elif mtype == wire.EXECUTE and self.commit_error is not None:
                         special = Special(commit_error=self.commit_error)
@@ -339,10 +355,23 @@ class Relay:
                     hooks.violation(
                         wire.ProtocolViolation(f"invalid frontend message type {mtype}"))
                     return
+                extra = self.extra_expects
+                if extra:
+                    # The hook's replacement holds messages of the endpoint's ahead of the
+                    # client's: their answers are expected first.
+                    expect.extend(extra)
                 if pushed is not None:
                     expect.append(pushed)
                 if self.recording:
-                    self._record(mtype, replacement or data[start:end], pushed)
+                    if extra and replacement:
+                        added = wire.split_messages(replacement)
+                        for (kind, frame), expected in zip(added, extra, strict=False):
+                            self._record(kind, frame, expected)
+                        self._record(mtype, added[-1][1], pushed)
+                    else:
+                        self._record(mtype, replacement or data[start:end], pushed)
+                if extra:
+                    self.extra_expects = []
                 if replacement is not None:
                     out.append(data[seg:start])
                     if replacement:
@@ -371,7 +400,42 @@ class Relay:
         self.to_backend.append(message)
         self.expect.append((wire.QUERY, DISCARD))
 
+    def sole_statement(self) -> bool:
+        """Whether the Bind being checked is the only statement of its unit: none went
+        before it, and this batch holds the rest of the unit up to its Sync (Describes and
+        Executes only)."""
+        if self.unit_statements:
+            return False
+        _, frames, i = self._at
+        for j in range(i + 1, len(frames)):
+            mtype = frames[j][0]
+            if mtype == wire.SYNC:
+                return True
+            if mtype != wire.DESCRIBE and mtype != wire.EXECUTE:
+                return False
+        return False
+
+    def unit_ahead(self) -> list[Message] | None:
+        """The unit's messages from the one being looked at up to its Sync, if this batch
+        holds them all (None if not)."""
+        data, frames, i = self._at
+        ahead: list[Message] = []
+        for j in range(i, len(frames)):
+            mtype, start, end = frames[j]
+            ahead.append((mtype, data[start:end]))
+            if mtype == wire.SYNC:
+                return ahead
+        return None
+
+    def log_unit(self, unit: list[Message]) -> None:
+        """Add the endpoint's own unit to the block's log (a replay runs it again)."""
+        self.txn_log.append(unit)
+        self.txn_log_size += sum(len(frame) for _, frame in unit)
+        if self.txn_log_size > MAX_RECORDED_TRANSACTION:
+            self.txn_replayable = False
+
     def _reset_unit(self) -> None:
+        self.unit_statements = 0
         self.recording = False
         self.unit_msgs = []
         self.unit_expects = []
@@ -510,6 +574,7 @@ class Relay:
                 replacement, fatal = self._backend_error(data[start:end], special)
                 close_after = close_after or fatal
             elif mtype == wire.COMMAND_COMPLETE:
+                self.last_tag = data[start + 5 : end - 1]
                 if special is not None and special.commit_error is not None:
                     replacement = special.commit_error
                     self.unit_error = True
@@ -678,14 +743,16 @@ class Collector:
     """Collects the backend's answers to messages the endpoint sent on its own."""
 
     def __init__(self, ready: int, on_done: Callable[[Collector], None], *,
-                 hashed: bool = False) -> None:
+                 hashed: bool = False, into: hashlib.blake2b | None = None) -> None:
         self.ready = ready
         self.on_done = on_done
         self.errors: list[dict[str, str]] = []
         # Raw values: replayed client statements may answer in binary format.
         self.rows: list[list[bytes | None]] = []
         # A replay's answers, digested as a recorded block's are (Relay.txn_hash).
-        self._hash = hashlib.blake2b(digest_size=16) if hashed else None
+        # (``into``: the endpoint's own work in a block adds its answers to the block's.)
+        self._hash = into if into is not None else (
+            hashlib.blake2b(digest_size=16) if hashed else None)
 
     def digest(self) -> bytes:
         return self._hash.digest() if self._hash is not None else b""

@@ -16,6 +16,7 @@ and the tasks that do endpoint work while the relay holds the client's messages.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
@@ -141,7 +142,16 @@ class Session:
     # ------------------------------------------------------------ the relay's hooks
 
     def check(self, mtype: int, data: bytes, start: int, end: int) -> Checked:
-        return self.policy.check(mtype, data, start, end)
+        checked = self.policy.check(mtype, data, start, end)
+        if checked != (None, None) or not self.occ.commit_mode:
+            return checked
+        if mtype == wire.PARSE:
+            self.occ.deferral.parsed(data[start:end])
+        elif mtype == wire.BIND:
+            deferred = self.occ.deferral.bind(data[start:end])
+            if deferred is not None:
+                return deferred
+        return checked
 
     def unit_begins(self, mtype: int, data: bytes, start: int, end: int) -> bool:
         self.policy.unit_begins()
@@ -241,8 +251,8 @@ class Session:
                 else:
                     self.relay.release()
 
-    async def run_internal(self, payload: bytes, ready: int, *,
-                           hashed: bool = False) -> Collector:
+    async def run_internal(self, payload: bytes, ready: int, *, hashed: bool = False,
+                           into: hashlib.blake2b | None = None) -> Collector:
         """Send the endpoint's own messages; collect the backend's answers to them."""
         if self._closed:
             raise ConnectionError("session closed")
@@ -253,7 +263,7 @@ class Session:
                 future.set_result(collector)
 
         self._internal_future = future
-        self.relay.send_internal(payload, Collector(ready, done, hashed=hashed))
+        self.relay.send_internal(payload, Collector(ready, done, hashed=hashed, into=into))
         try:
             return await future
         finally:

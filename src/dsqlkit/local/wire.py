@@ -416,12 +416,74 @@ def parse_message(name: str, sql: str, oids: Sequence[int]) -> bytes:
     return message(PARSE, body)
 
 
-def rebind(frame: bytes, statement: str) -> bytes:
-    """The Bind message ``frame`` with its prepared statement name replaced."""
+def rebind(frame: bytes, statement: str, portal: str | None = None) -> bytes:
+    """The Bind message ``frame`` with its prepared statement name (and, if given, its
+    portal name) replaced."""
     cur = _Cursor(frame, 5)
-    portal = cur.cstring()
+    own_portal = cur.cstring()
     cur.cstring()
-    return message(BIND, _cstr(portal) + _cstr(statement) + frame[cur.pos :])
+    return message(BIND, _cstr(own_portal if portal is None else portal) + _cstr(statement)
+                   + frame[cur.pos :])
+
+
+def split_messages(data: bytes) -> list[tuple[int, bytes]]:
+    """The messages a run of complete frontend messages holds, as ``(type, frame)``."""
+    out: list[tuple[int, bytes]] = []
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < 5:
+            raise ProtocolViolation("invalid message length")
+        end = pos + 1 + _I32.unpack_from(data, pos + 1)[0]
+        if end <= pos + 4 or end > len(data):
+            raise ProtocolViolation("invalid message length")
+        out.append((data[pos], data[pos:end]))
+        pos = end
+    return out
+
+
+def execute_message(portal: str = "", max_rows: int = 0) -> bytes:
+    return message(EXECUTE, _cstr(portal) + _I32.pack(max_rows))
+
+
+def close_statement(name: str) -> bytes:
+    return message(CLOSE, b"S" + _cstr(name))
+
+
+def parse_bind_parameter(frame: bytes, number: int) -> tuple[int, bytes | None]:
+    """Parameter ``$number`` of a Bind message: its format code (0 text, 1 binary) and its
+    value (None for NULL). (Runs for every point write the endpoint relays: no cursor.)"""
+    size = len(frame)
+    pos = frame.find(b"\0", 5)
+    pos = frame.find(b"\0", pos + 1) if pos >= 0 else -1
+    if pos < 0 or pos + 3 > size:
+        raise ProtocolViolation("invalid bind message")
+    nformats = _I16.unpack_from(frame, pos + 1)[0]
+    first = pos + 3
+    pos = first + 2 * nformats
+    if nformats < 0 or pos + 2 > size:
+        raise ProtocolViolation("insufficient data left in message")
+    count = _I16.unpack_from(frame, pos)[0]
+    pos += 2
+    if nformats not in (0, 1, count):
+        raise ProtocolViolation(
+            f"bind message has {nformats} parameter formats but {count} parameters")
+    if not 1 <= number <= count:
+        raise ProtocolViolation(f"bind message has no parameter ${number}")
+    unpack = _I32.unpack_from
+    for index in range(number):
+        if pos + 4 > size:
+            raise ProtocolViolation("insufficient data left in message")
+        length = unpack(frame, pos)[0]
+        pos += 4
+        if length < -1 or pos + max(length, 0) > size:
+            raise ProtocolViolation("insufficient data left in message")
+        if index == number - 1:
+            fmt = 0
+            if nformats:
+                fmt = _I16.unpack_from(frame, first + 2 * (index if nformats > 1 else 0))[0]
+            return fmt, None if length < 0 else frame[pos : pos + length]
+        pos += max(length, 0)
+    raise AssertionError("unreachable")
 
 
 def startup_message(params: Mapping[str, str]) -> bytes:

@@ -134,14 +134,15 @@ def _read_only(with_clause: Any) -> bool:
         query = cte.ctequery
         if not isinstance(query, ast.SelectStmt):
             return False
-        for node in _walk(query):
+        for node in walk(query):
             if isinstance(node, ast.LockingClause | ast.InsertStmt | ast.UpdateStmt
                           | ast.DeleteStmt | ast.MergeStmt):
                 return False
     return True
 
 
-def _walk(root: Any) -> list[Any]:
+def walk(root: Any) -> list[Any]:
+    """Every AST node under ``root`` (itself included)."""
     found: list[Any] = []
     stack = [root]
     while stack:

@@ -36,7 +36,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from dsqlkit.local.occ.points import Atom, TableInfo
 
 SchemaMode = Literal["relation", "strict", "off"]
 
@@ -87,6 +90,27 @@ class Txn:
     partners: dict[int, WaitKind] = field(default_factory=dict)
     # Tables it used, with the catalog version at its first use of each.
     relations: dict[str, int] = field(default_factory=dict)
+    # The point writes it ran (see :mod:`dsqlkit.local.occ.points`), the commit count when
+    # its snapshot was surely taken, and when its COMMIT was sent (see Engine.plan).
+    atoms: set[Atom] = field(default_factory=set)
+    snap: int | None = None
+    commit_at: int | None = None
+
+
+class Plan(enum.Enum):
+    """How to run a point write (:meth:`Engine.plan`)."""
+
+    RUN = "run"  # as it is
+    DEFER = "defer"  # from its dry run; another open transaction holds the row
+    LOSE_IF_FOUND = "lose"  # from its dry run; the row was committed since the snapshot
+
+
+class RowState(enum.Enum):
+    """How an open transaction writes a point write's row."""
+
+    BOUND = "bound"  # its write is running
+    HELD = "held"  # its write changed the row: it holds the row lock
+    DEFERRING = "deferring"  # its write found the row in its dry run, and waits to run
 
 
 class Decision(enum.Enum):
@@ -145,7 +169,15 @@ class Engine:
         # catalog version it saw at all (strict mode).
         self._seen: dict[int, dict[str, int]] = {}
         self._seen_any: dict[int, int] = {}
-        self.stats = {"collisions": 0, "parks": 0, "lost_at_commit": 0}
+        # Point writes: the open transactions that write each atom's row, and how; and when
+        # each atom was last committed, counted in COMMITs sent.
+        self._rows: dict[Atom, dict[int, RowState]] = {}
+        # What the catalog says of tables, by (user, statement text), until the next DDL.
+        self.tables: dict[tuple[str, str], TableInfo] = {}
+        self._committed_at: dict[Atom, int] = {}
+        self._commits = 0
+        self.stats = {"collisions": 0, "parks": 0, "lost_at_commit": 0, "deferred": 0,
+                      "foreseen": 0}
 
     # -- transactions ------------------------------------------------------------------------
 
@@ -197,6 +229,7 @@ class Engine:
         txn.lost = conflict
         txn.state = TxnState.LOST
         self._forget_partners(txn)
+        self._drop_atoms(txn, committed=False)
 
     def ddl(self, sid: int) -> None:
         txn = self._txns.get(sid)
@@ -221,6 +254,8 @@ class Engine:
         if txn.state is TxnState.PARKED:
             return CommitDecision(Decision.REPLAY)
         txn.state = TxnState.COMMITTING
+        txn.commit_at = self._commits
+        self._commits += 1
         return CommitDecision(Decision.PROCEED)
 
     def end(self, sid: int, *, committed: bool, created: Iterable[str] = (),
@@ -243,6 +278,7 @@ class Engine:
                     doomed.append((partner, Conflict.SCHEMA))
         if txn is not None:
             self._forget_partners(txn)
+            self._drop_atoms(txn, committed=committed and txn.lost is None)
         for partner, conflict in doomed:
             self.lose(partner, conflict)
         if committed:
@@ -261,6 +297,7 @@ class Engine:
         txn = self._txns.pop(sid, None)
         if txn is not None:
             self._forget_partners(txn)
+            self._drop_atoms(txn, committed=False)
         self._seen.pop(sid, None)
         self._seen_any.pop(sid, None)
 
@@ -317,6 +354,113 @@ class Engine:
                     actions[holder.sid] = Action(ActionKind.PARK, holder.sid)
         return list(actions.values())
 
+    # -- point writes ------------------------------------------------------------------------
+
+    def plan(self, sid: int, atom: Atom) -> Plan:
+        """How the session's transaction should run a point write on ``atom`` (see
+        :mod:`dsqlkit.local.occ.deferral`): from its dry run if the row was committed since
+        its snapshot, or if another open transaction writes it; else as it is (then the
+        write is *bound*: it runs)."""
+        txn = self._txns.get(sid)
+        if txn is None or txn.lost is not None:
+            return Plan.RUN
+        if txn.snap is not None and self._committed_at.get(atom, -1) >= txn.snap:
+            return Plan.LOSE_IF_FOUND
+        rows = self._rows.get(atom)
+        if rows is not None:
+            for other, state in rows.items():
+                if other != sid and state is not RowState.DEFERRING:
+                    return Plan.DEFER
+        self._mark(sid, atom, RowState.BOUND)
+        return Plan.RUN
+
+    def snapshot_taken(self, sid: int) -> None:
+        """A statement of the session's transaction read rows: its snapshot is taken. Every
+        COMMIT sent from now on comes after it."""
+        txn = self._txns.get(sid)
+        if txn is not None and txn.snap is None:
+            txn.snap = self._commits
+
+    def ran(self, sid: int, atom: Atom, *, changed: bool = True) -> None:
+        """The session's point write on ``atom`` ran: it changed the row (the transaction
+        holds it now, and collides with those that deferred a write of it), or found none."""
+        txn = self._txns.get(sid)
+        if txn is None or txn.lost is not None:
+            return
+        rows = self._rows.get(atom, {})
+        if not changed:
+            if rows.get(sid) is RowState.BOUND:
+                del rows[sid]
+            return
+        self._mark(sid, atom, RowState.HELD)
+        for other, state in list(self._rows[atom].items()):
+            if state is RowState.DEFERRING:
+                self.collide(other, sid, WaitKind.ROW)
+
+    def found(self, sid: int, atom: Atom) -> bool:
+        """A point write answered from its dry run found its row. True: the write is
+        deferred, and the transaction collides with those that changed the row. False: the
+        row was committed since the transaction's snapshot; the transaction has lost."""
+        txn = self._txns.get(sid)
+        if txn is None or txn.lost is not None:
+            return False
+        if txn.snap is not None and self._committed_at.get(atom, -1) >= txn.snap:
+            self.stats["foreseen"] += 1
+            self.lose(sid, Conflict.DATA)
+            return False
+        self._mark(sid, atom, RowState.DEFERRING)
+        for other, state in list(self._rows[atom].items()):
+            if state is RowState.HELD and other != sid:
+                self.collide(sid, other, WaitKind.ROW)
+        self.stats["deferred"] += 1
+        return True
+
+    def holders(self, sid: int, atoms: Iterable[Atom]) -> list[int]:
+        """The other transactions that changed these rows and can make way for this one:
+        parkable and active (neither parked, committing nor lost)."""
+        found: list[int] = []
+        for atom in atoms:
+            for other, state in self._rows.get(atom, {}).items():
+                txn = self._txns.get(other)
+                if (state is RowState.HELD and other != sid and other not in found
+                        and txn is not None and txn.parkable
+                        and txn.state is TxnState.ACTIVE):
+                    found.append(other)
+        return found
+
+    def held_by_others(self, sid: int, atom: Atom) -> bool:
+        """Another open transaction writes ``atom``'s row (its write would wait)."""
+        return any(other != sid and state is not RowState.DEFERRING
+                   for other, state in self._rows.get(atom, {}).items())
+
+    def _mark(self, sid: int, atom: Atom, state: RowState) -> None:
+        txn = self._txns.get(sid)
+        if txn is None or txn.lost is not None:
+            return
+        rows = self._rows.setdefault(atom, {})
+        if rows.get(sid) is not RowState.HELD:  # a row it changed stays held
+            rows[sid] = state
+        txn.atoms.add(atom)
+
+    def _drop_atoms(self, txn: Txn, *, committed: bool) -> None:
+        for atom in txn.atoms:
+            rows = self._rows.get(atom)
+            if rows is None:
+                continue
+            state = rows.pop(txn.sid, None)
+            if not rows:
+                del self._rows[atom]
+            if committed and state is RowState.HELD and txn.commit_at is not None:
+                self._committed_at[atom] = txn.commit_at
+        if committed and len(self._committed_at) > 4096:
+            # Only commits after the oldest snapshot matter, and only the last 2,048 are
+            # kept: an older one is PostgreSQL's to find (it refuses the write).
+            oldest = min((t.snap for t in self._txns.values() if t.snap is not None),
+                         default=self._commits)
+            keep = max(oldest, self._commits - 2048)
+            self._committed_at = {a: n for a, n in self._committed_at.items() if n >= keep}
+        txn.atoms.clear()
+
     # -- schema versions (OC001) -------------------------------------------------------------
 
     def access(self, sid: int, relations: Iterable[str], *, storage: bool) -> Conflict | None:
@@ -359,6 +503,7 @@ class Engine:
 
     def ddl_committed(self, sid: int, *, created: Sequence[str], changed: Sequence[str]) -> None:
         self.catalog_version += 1
+        self.tables.clear()
         version = self.catalog_version
         seen_by = self._seen.setdefault(sid, {})
         for name in created:
@@ -378,6 +523,7 @@ __all__ = [
     "Conflict",
     "Decision",
     "Engine",
+    "Plan",
     "SchemaMode",
     "Txn",
     "TxnState",

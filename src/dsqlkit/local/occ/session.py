@@ -12,6 +12,11 @@
   (:mod:`dsqlkit.local.occ.dryrun`) instead. Its COMMIT fails.
 * A conflict PostgreSQL reports at a statement (a row committed since the snapshot) is hidden:
   the block has lost, and the unit answers from its dry run.
+* *Deferred writes*: a point write (:mod:`dsqlkit.local.occ.points`) that PostgreSQL would
+  make wait on another open transaction's row lock, or refuse because its row was committed
+  since the block began, answers from its dry run at once and runs for real later, in the
+  block's snapshot, before the block's next unit (its COMMIT included). If the block has lost
+  by then (the other transaction committed first), it never runs.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from dsqlkit.local import dialect, wire
 from dsqlkit.local.backend import BackendSession
+from dsqlkit.local.occ.deferral import DRY_PREFIX, Deferral
 from dsqlkit.local.occ.dryrun import DryRun, dry_run
 from dsqlkit.local.occ.engine import Conflict
 from dsqlkit.local.policy import ANY_STATEMENT, OC000_FRAME, StatementPolicy
@@ -64,8 +70,6 @@ _BLOCK_START = wire.query(
     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; SAVEPOINT dsqlkit_txn")
 _ROLLBACK_TO_TXN = wire.query("ROLLBACK TO SAVEPOINT dsqlkit_txn")
 _READ_KINDS = frozenset({"select", "show", "set", "empty"})
-# The names dry runs of the client's prepared statements are prepared under.
-_DRY_PREFIX = "dsqlkit_dry_"
 
 
 class OccHost(Protocol):
@@ -75,14 +79,17 @@ class OccHost(Protocol):
     def sid(self) -> int: ...
 
     @property
+    def user(self) -> str: ...
+
+    @property
     def backend(self) -> BackendSession | None: ...
 
     def hold_for(self, work: Awaitable[object]) -> None: ...
 
     def spawn(self, work: Awaitable[object]) -> None: ...
 
-    async def run_internal(self, payload: bytes, ready: int, *,
-                           hashed: bool = False) -> Collector: ...
+    async def run_internal(self, payload: bytes, ready: int, *, hashed: bool = False,
+                           into: hashlib.blake2b | None = None) -> Collector: ...
 
     def backend_idle(self) -> bool: ...
 
@@ -110,6 +117,8 @@ class SessionOcc:
         self.txn_ddl_created: list[str] = []
         self.txn_ddl_changed: list[str] = []
         self._rerun: asyncio.Future[bool] | None = None
+        # Point writes answered from their dry runs (see the module docs).
+        self.deferral = Deferral(self)
 
     # -- units ------------------------------------------------------------------------------
 
@@ -125,7 +134,16 @@ class SessionOcc:
             txn = engine.txn(sid)
             if txn is not None and txn.lost is None and self.backend_parked and (
                     self.policy.ends_block(mtype, data, start, end) != "rollback"):
-                self.host.hold_for(self._replay())
+                # A transaction it collided with is committing: if that commits, this one
+                # has lost and need not replay.
+                partner = engine.committing_partner(sid)
+                self.host.hold_for(self._replay() if partner is None
+                                   else self.server.commit_finished(partner))
+                return False
+        if self.commit_mode:
+            work = self.deferral.before_unit(mtype, data, start, end)
+            if work is not None:
+                self.host.hold_for(work)
                 return False
         relay.recording = in_block and self.commit_mode
         if in_block and engine.txn(sid) is None:
@@ -151,6 +169,8 @@ class SessionOcc:
                     self.backend_parked = False
         return True
 
+    # -- conflicts ------------------------------------------------------------------------------
+
     def conflict_answer(self, fields: dict[str, str]) -> tuple[bool, bytes | None]:
         """``(is a conflict, what the client sees)`` for a backend error: a conflict inside
         a recorded unit is hidden (b"": the unit runs again); elsewhere it becomes DSQL's
@@ -171,6 +191,7 @@ class SessionOcc:
         """The backend answered the unit. True when the OCC takes it from here (a unit that
         ran again, or a conflict to hide): the session must not go on."""
         relay = self.relay
+        self.deferral.unit_done()
         rerun = self._rerun
         if rerun is not None:
             self._rerun = None
@@ -218,6 +239,7 @@ class SessionOcc:
         self.savepoint = False
         self.backend_parked = False
         self.block_clean = False
+        self.deferral.clear()
 
     def closed(self) -> None:
         if self._rerun is not None and not self._rerun.done():
@@ -228,6 +250,11 @@ class SessionOcc:
     def lost(self) -> None:
         """Another transaction won a conflict against this one (it committed first). This
         one's COMMIT will fail; release its locks now rather than when someone waits."""
+        self.make_way()
+
+    def make_way(self) -> None:
+        """Another transaction is about to write rows this block wrote: release its locks
+        now, or as soon as its statement ends."""
         if self.host.backend_idle():
             self.park()
         else:
@@ -356,7 +383,7 @@ class SessionOcc:
                 if converted is not None and name:
                     # The client's statement as it is (its first run prepared it; the run
                     # again prepares it anew), then its dry run under another name.
-                    renamed[name] = _DRY_PREFIX + name
+                    renamed[name] = DRY_PREFIX + name
                     msgs.append((mtype, frame))
                     expects.append((mtype, DISCARD))
                     frame = wire.parse_message(renamed[name], converted.sql, oids)
@@ -378,7 +405,7 @@ class SessionOcc:
                     by_portal[portal] = converted
                     if converted is not None:
                         # A statement prepared earlier: prepare its dry run under another name.
-                        dry_name = _DRY_PREFIX + statement
+                        dry_name = DRY_PREFIX + statement
                         msgs.append((wire.PARSE,
                                      wire.parse_message(dry_name, converted.sql, prepared[1])))
                         expects.append((wire.PARSE, DISCARD))
