@@ -24,6 +24,7 @@ from dsqlkit.bench.stats import Recorder
 from dsqlkit.bench.targets import DirectTarget, sum_balances
 from dsqlkit.bench.workload import Transfer
 from dsqlkit.local import LocalDSQL
+from dsqlkit.occ import OCCRetryConfig, retry_on_occ
 
 pytestmark = pytest.mark.slow
 
@@ -196,7 +197,10 @@ def test_money_created_during_a_run_fails_loudly(dsql_local: LocalDSQL, tmp_path
                                     ).fetchone() != (0,)
 
             settles(transferred, "a committed transfer", timeout=60)
-            conn.execute("UPDATE accounts SET balance = balance + 5 WHERE id = 1000")
+            # The workers may be writing account 1000 too: the mint retries on a conflict,
+            # as any DSQL write must.
+            retry_on_occ(OCCRetryConfig(max_attempts=20), lambda: conn.execute(
+                "UPDATE accounts SET balance = balance + 5 WHERE id = 1000"))
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
