@@ -19,6 +19,10 @@ so it turns PostgreSQL's waits into DSQL's outcome:
   wins. A collision on a table lock (a DDL and a transaction that used the table) makes the
   other side lose with ``OC001`` only when the DDL commits.
 * A transaction that lost keeps answering (a *doomed continuation*) and fails at COMMIT.
+* Point writes (an UPDATE keyed by a unique key, :mod:`dsqlkit.local.occ.points`) are known
+  by their row before they run: the engine keeps which open transactions changed each row,
+  and when each row was last committed, so that a write that would wait or be refused is
+  answered from its dry run instead (:meth:`Engine.plan`, :mod:`dsqlkit.local.occ.deferral`).
 
 Schema changes (``OC001``), in the default ``relation`` mode: a session remembers the catalog
 version at which it last used each table; a committed DDL that changed a table it had used

@@ -12,11 +12,9 @@
   (:mod:`dsqlkit.local.occ.dryrun`) instead. Its COMMIT fails.
 * A conflict PostgreSQL reports at a statement (a row committed since the snapshot) is hidden:
   the block has lost, and the unit answers from its dry run.
-* *Deferred writes*: a point write (:mod:`dsqlkit.local.occ.points`) that PostgreSQL would
-  make wait on another open transaction's row lock, or refuse because its row was committed
-  since the block began, answers from its dry run at once and runs for real later, in the
-  block's snapshot, before the block's next unit (its COMMIT included). If the block has lost
-  by then (the other transaction committed first), it never runs.
+* *Deferred writes*: a point write that PostgreSQL would make wait on another open
+  transaction's row lock, or refuse, answers from its dry run at once
+  (:mod:`dsqlkit.local.occ.deferral` decides when it runs, if ever).
 """
 
 from __future__ import annotations
