@@ -271,3 +271,54 @@ def test_an_autocommit_write_parks_a_block_whose_deferred_write_ran(
         assert c.execute(f"UPDATE {table} SET v = 50 WHERE id = 6").rowcount == 1
         loses(b)
         assert (value(dsql_local, table, 6), value(dsql_local, table, 7)) == (50, 0)
+
+
+def test_two_transactions_that_deferred_each_other_s_rows(
+    dsql_local: LocalDSQL, table: str
+) -> None:
+    with conn(dsql_local) as a, conn(dsql_local) as b:
+        a.execute("BEGIN")
+        b.execute("BEGIN")
+        add(a, table, 1, 1)
+        add(b, table, 2, 2)
+        assert add(a, table, 2, 10) == 10  # deferred behind b
+        assert add(b, table, 1, 20) == 20  # deferred behind a
+        a.execute("COMMIT")  # b makes way; a's deferred write runs
+        loses(b)
+        assert (value(dsql_local, table, 1), value(dsql_local, table, 2)) == (1, 10)
+
+
+def test_two_crossed_commits_at_once_let_exactly_one_win(
+    dsql_local: LocalDSQL, table: str
+) -> None:
+    """Both COMMITs run their deferred write behind the other's row lock at the same time:
+    PostgreSQL's deadlock check fails one of them, whichever is first to commit wins."""
+    import threading
+
+    with conn(dsql_local) as a, conn(dsql_local) as b:
+        for c in (a, b):
+            c.execute("BEGIN")
+        add(a, table, 3, 1)
+        add(b, table, 4, 2)
+        add(a, table, 4, 10)
+        add(b, table, 3, 20)
+        outcome: dict[str, str] = {}
+        start = threading.Barrier(2)
+
+        def commit(name: str, c: Conn) -> None:
+            start.wait()
+            try:
+                c.execute("COMMIT")
+                outcome[name] = "committed"
+            except psycopg.errors.SerializationFailure as exc:
+                outcome[name] = str(exc)
+
+        threads = [threading.Thread(target=commit, args=item)
+                   for item in (("a", a), ("b", b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcome.values()) == [OC000, "committed"]
+        rows = (value(dsql_local, table, 3), value(dsql_local, table, 4))
+        assert rows == ((1, 10) if outcome["a"] == "committed" else (20, 2))

@@ -57,6 +57,8 @@ def test_point_writes(sql: str, expected: tuple[object, ...]) -> None:
     "UPDATE t SET v = 1 WHERE k = $1; UPDATE t SET v = 2 WHERE k = $1",
     "not sql at all",
     "",
+    "/* c */ UPDATE t SET v = 1 WHERE k = $1",  # only texts that start with the keyword
+    "UPDATE t SET v = 1 WHERE k = $1 AND v IN (" + ", ".join(["1"] * 2000) + ")",  # long
 ])
 def test_not_point_writes(sql: str) -> None:
     assert point_write(sql) is None

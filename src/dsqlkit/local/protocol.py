@@ -436,6 +436,7 @@ class Relay:
 
     def _reset_unit(self) -> None:
         self.unit_statements = 0
+        self.last_tag = b""
         self.recording = False
         self.unit_msgs = []
         self.unit_expects = []

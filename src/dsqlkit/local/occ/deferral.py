@@ -89,6 +89,8 @@ class Deferral:
 
     def parsed(self, frame: bytes) -> None:
         """A Parse goes to the backend: remember the unnamed statement's text."""
+        if len(frame) > 5 and frame[5] != 0:
+            return  # a named statement (the statement policy keeps those)
         try:
             name, sql, oids = wire.parse_parse(frame)
         except wire.ProtocolViolation:

@@ -33,6 +33,7 @@ from pglast import ast, parse_sql
 from pglast.enums import A_Expr_Kind, BoolExprType
 
 from dsqlkit.local.occ.dryrun import DryRun, dry_run, walk
+from dsqlkit.local.policy import literal
 
 # (relation as written, key column, the key's value): ints as ints, so that an int2 and an
 # int4 parameter of the same value are the same atom.
@@ -92,6 +93,10 @@ _PLAIN = (ast.ColumnRef, ast.ParamRef, ast.A_Const, ast.A_Expr, ast.TypeCast, as
           ast.TypeName, ast.RangeVar, ast.Alias, ast.MultiAssignRef, ast.RowExpr)
 
 
+# Longer texts are not point writes the endpoint looks into.
+_MAX_TEXT = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class PointWrite:
     """A point write (see the module docs)."""
@@ -148,7 +153,10 @@ def _pinned_key(where: Any, names: set[str]) -> tuple[str, int] | None:
 
 @functools.lru_cache(maxsize=1024)
 def point_write(sql: str) -> PointWrite | None:
-    """The point write ``sql`` is, or None."""
+    """The point write ``sql`` is, or None. (Only short texts that start with UPDATE or
+    DELETE are parsed: this runs on the endpoint's event loop for every statement text.)"""
+    if len(sql) > _MAX_TEXT or sql.lstrip()[:6].upper() not in ("UPDATE", "DELETE"):
+        return None
     try:
         statements = parse_sql(sql)
     except Exception:
@@ -183,10 +191,6 @@ def point_write(sql: str) -> PointWrite | None:
     return PointWrite(kind, rel.schemaname, rel.relname, key[0], key[1], columns, dry)
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def table_query(write: PointWrite) -> str:
     """A query that answers one row about the UPDATE's table, over every relation its name
     can mean (whatever the session's search_path):
@@ -200,11 +204,11 @@ def table_query(write: PointWrite) -> str:
     2. the type of the key column, if it is a unique key (a unique index on it alone,
        checked at once), the same in every such relation; else NULL.
     """
-    columns = "ARRAY[" + ", ".join(_literal(c) for c in write.columns) + "]::name[]"
-    where = f"c.relname = {_literal(write.table)}"
+    columns = "ARRAY[" + ", ".join(literal(c) for c in write.columns) + "]::name[]"
+    where = f"c.relname = {literal(write.table)}"
     if write.schema is not None:
-        where += f" AND n.nspname = {_literal(write.schema)}"
-    key = _literal(write.key)
+        where += f" AND n.nspname = {literal(write.schema)}"
+    key = literal(write.key)
     return f"""SELECT count(*) > 0 AND bool_and(
   c.relkind = 'r' AND NOT c.relrowsecurity
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid
