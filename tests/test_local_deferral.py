@@ -181,8 +181,10 @@ def test_a_parked_transaction_replays_its_deferred_answer(
         assert add(b, table, 9, 10) == 10  # b holds row 9
         before = stats(dsql_local)
         c.execute(f"UPDATE {table} SET v = 100 WHERE id = 9")  # literal: not deferred
-        assert grew(dsql_local, before).get("parks") == 1  # b made way
+        # b made way (its park is over once it answers again, after its replay; the replay
+        # takes row 9 back, and c makes way in turn).
         assert b.execute(f"SELECT v FROM {table} WHERE id = 9").fetchone() == (10,)
+        assert grew(dsql_local, before).get("parks", 0) >= 1
         b.execute("COMMIT")  # first committer: a and c lose
         loses(a)
         loses(c)
