@@ -234,16 +234,22 @@ def _select(node: Any) -> DryRun | None:
     return DryRun(RawStream()(bare), None, True)
 
 
-@functools.lru_cache(maxsize=1024)
-def dry_run(sql: str) -> DryRun | None:
-    """The lock-free stand-in for ``sql``, or None when it has none (see module docs)."""
+def single_statement(sql: str) -> Any | None:
+    """The parse tree of the one statement ``sql`` holds; None if it holds another number,
+    or does not parse."""
     try:
         statements = parse_sql(sql)
     except Exception:
         return None
-    if len(statements) != 1:
+    return statements[0].stmt if len(statements) == 1 else None
+
+
+@functools.lru_cache(maxsize=1024)
+def dry_run(sql: str) -> DryRun | None:
+    """The lock-free stand-in for ``sql``, or None when it has none (see module docs)."""
+    node = single_statement(sql)
+    if node is None:
         return None
-    node = statements[0].stmt
     with_clause = getattr(node, "withClause", None)
     if with_clause is not None and not _read_only(with_clause):
         return None  # a CTE that writes, or locks

@@ -29,10 +29,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pglast import ast, parse_sql
+from pglast import ast
 from pglast.enums import A_Expr_Kind, BoolExprType
 
-from dsqlkit.local.occ.dryrun import DryRun, dry_run, walk
+from dsqlkit.local.occ.dryrun import DryRun, dry_run, single_statement, walk
 from dsqlkit.local.policy import literal
 
 # (relation as written, key column, the key's value): ints as ints, so that an int2 and an
@@ -157,13 +157,7 @@ def point_write(sql: str) -> PointWrite | None:
     DELETE are parsed: this runs on the endpoint's event loop for every statement text.)"""
     if len(sql) > _MAX_TEXT or sql.lstrip()[:6].upper() not in ("UPDATE", "DELETE"):
         return None
-    try:
-        statements = parse_sql(sql)
-    except Exception:
-        return None
-    if len(statements) != 1:
-        return None
-    node: Any = statements[0].stmt
+    node: Any = single_statement(sql)
     if isinstance(node, ast.UpdateStmt):
         kind = "update"
         joined = node.fromClause
