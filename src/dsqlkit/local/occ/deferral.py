@@ -256,7 +256,11 @@ class Deferral:
                     and relay.sole_statement()):
                 return None
         else:
-            plan = engine.plan(sid, atom) if relay.sole_statement() else Plan.RUN
+            if not relay.sole_statement():
+                # Its answer cannot be told from the others' (whether it changed the row):
+                # it runs, untracked.
+                return None
+            plan = engine.plan(sid, atom)
             self._pending = _Write(atom, plan, sql, oids, frame)
             if plan is Plan.RUN:
                 return None
