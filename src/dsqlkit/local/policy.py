@@ -50,7 +50,7 @@ OC001_FRAME = wire.error_response(OC001.sqlstate, OC001.message)
 # Text PostgreSQL cannot parse; its syntax error is replaced by the refusal.
 _REFUSED_SQL = "DSQLKIT REFUSED"
 _ROLLBACK_STATEMENT = "dsqlkit_rollback"
-_CLOSE_ROLLBACK = wire.message(wire.CLOSE, b"S" + _ROLLBACK_STATEMENT.encode() + b"\0")
+_CLOSE_ROLLBACK = wire.close_statement(_ROLLBACK_STATEMENT)
 _MISSING_STATEMENT = "dsqlkit_missing"
 # Texts at least this long are analysed in a thread, off the event loop.
 _ANALYZE_INLINE = 65536

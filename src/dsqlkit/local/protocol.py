@@ -364,10 +364,10 @@ class Relay:
                     expect.append(pushed)
                 if self.recording:
                     if extra and replacement:
-                        added = wire.split_messages(replacement)
-                        for (kind, frame), expected in zip(added, extra, strict=False):
-                            self._record(kind, frame, expected)
-                        self._record(mtype, added[-1][1], pushed)
+                        added = wire.FrameReader().scan(replacement)[1]
+                        for (kind, at, to), expected in zip(added, extra, strict=False):
+                            self._record(kind, replacement[at:to], expected)
+                        self._record(mtype, replacement[added[-1][1] :], pushed)
                     else:
                         self._record(mtype, replacement or data[start:end], pushed)
                 if extra:
@@ -535,7 +535,7 @@ class Relay:
                 # The first run created this prepared statement; close it so that the
                 # Parse succeeds again (closing a missing statement is not an error).
                 name = frame[5 : frame.index(b"\0", 5)]
-                parts.append(wire.message(wire.CLOSE, b"S" + name + b"\0"))
+                parts.append(wire.close_statement(name))
                 self.expect.append((wire.CLOSE, DISCARD))
             parts.append(frame)
             # Each expectation in place: a Close added above is answered before the

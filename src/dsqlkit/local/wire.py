@@ -426,27 +426,12 @@ def rebind(frame: bytes, statement: str, portal: str | None = None) -> bytes:
                    + frame[cur.pos :])
 
 
-def split_messages(data: bytes) -> list[tuple[int, bytes]]:
-    """The messages a run of complete frontend messages holds, as ``(type, frame)``."""
-    out: list[tuple[int, bytes]] = []
-    pos = 0
-    while pos < len(data):
-        if len(data) - pos < 5:
-            raise ProtocolViolation("invalid message length")
-        end = pos + 1 + _I32.unpack_from(data, pos + 1)[0]
-        if end <= pos + 4 or end > len(data):
-            raise ProtocolViolation("invalid message length")
-        out.append((data[pos], data[pos:end]))
-        pos = end
-    return out
-
-
 def execute_message(portal: str = "", max_rows: int = 0) -> bytes:
     return message(EXECUTE, _cstr(portal) + _I32.pack(max_rows))
 
 
-def close_statement(name: str) -> bytes:
-    return message(CLOSE, b"S" + _cstr(name))
+def close_statement(name: str | bytes) -> bytes:
+    return message(CLOSE, b"S" + (_cstr(name) if isinstance(name, str) else name + b"\0"))
 
 
 def parse_bind_parameter(frame: bytes, number: int) -> tuple[int, bytes | None]:

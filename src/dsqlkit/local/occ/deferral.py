@@ -45,7 +45,6 @@ from dsqlkit.local.protocol import (
     IDLE,
     IN_BLOCK,
     Message,
-    Presentation,
     Special,
 )
 
@@ -56,6 +55,8 @@ log = logging.getLogger(__name__)
 
 # The names dry runs of the client's prepared statements are prepared under.
 DRY_PREFIX = "dsqlkit_dry_"
+# What the catalog said is kept for at most this many statement texts (and users).
+_MAX_TABLES = 4096
 # The statements deferred writes run as (by text).
 _DEFERRED = "dsqlkit_deferred_"
 
@@ -113,12 +114,16 @@ class Deferral:
     def _write(self, frame: bytes) -> tuple[PointWrite, str, list[int], Atom] | None:
         """The deferrable point write a Bind runs, keyed by its atom; None for others
         (and for a malformed Bind: PostgreSQL answers it)."""
+        found = self._bound(frame)
+        return None if found is None else self._keyed(found[0], found[1], frame)
+
+    def _bound(self, frame: bytes) -> tuple[str, list[int]] | None:
+        """The text and parameter types of the statement a Bind runs (None if unknown, or
+        the Bind is malformed: PostgreSQL answers it)."""
         try:
-            statement = wire.parse_bind_names(frame)[1]
+            return self._statement(wire.parse_bind_names(frame)[1])
         except wire.ProtocolViolation:
             return None
-        found = self._statement(statement)
-        return None if found is None else self._keyed(found[0], found[1], frame)
 
     def _keyed(self, sql: str, oids: list[int],
                frame: bytes) -> tuple[PointWrite, str, list[int], Atom] | None:
@@ -165,18 +170,18 @@ class Deferral:
     def _unknown_table(self, mtype: int, data: bytes, start: int,
                        end: int) -> tuple[str, PointWrite] | None:
         """A deferrable UPDATE the unit starts with whose table is not looked up yet."""
-        try:
-            if mtype == wire.PARSE:
+        if mtype == wire.PARSE:
+            try:
                 sql = wire.parse_parse(data[start:end])[1]
-            elif mtype == wire.BIND:
-                found = self._statement(wire.parse_bind_names(data[start:end])[1])
-                if found is None:
-                    return None
-                sql = found[0]
-            else:
+            except wire.ProtocolViolation:
+                return None  # the statement policy reports it
+        elif mtype == wire.BIND:
+            found = self._bound(data[start:end])
+            if found is None:
                 return None
-        except wire.ProtocolViolation:
-            return None  # the statement policy reports it
+            sql = found[0]
+        else:
+            return None
         write = point_write(sql)
         if write is None or write.dry is None or self._table(sql) is not None:
             return None
@@ -228,6 +233,8 @@ class Deferral:
                         write.relation, collected.errors[0].get("M"))
             engine.lose(occ.host.sid, Conflict.DATA)
         elif engine.catalog_version == version:
+            if len(engine.tables) >= _MAX_TABLES:
+                engine.tables.clear()  # (statement texts without end, until a DDL)
             engine.tables[(occ.host.user, sql)] = TableInfo.from_row(
                 collected.rows[0] if collected.rows else [])
 
@@ -268,9 +275,8 @@ class Deferral:
         assert dry is not None
         name = DRY_PREFIX + wire.parse_bind_names(frame)[1]
         relay.extra_expects.extend(((wire.CLOSE, DISCARD), (wire.PARSE, DISCARD)))
-        present = Presentation(tag=dry.tag, counted=dry.tag is not None, keep_rows=dry.keep_rows)
         return (wire.close_statement(name) + wire.parse_message(name, dry.sql, oids)
-                + wire.rebind(frame, name)), Special(present=present)
+                + wire.rebind(frame, name)), Special(present=dry.presentation)
 
     def unit_done(self) -> None:
         """The unit's answer is in: settle its point write by the rows it found."""

@@ -37,6 +37,8 @@ from pglast.enums import LimitOption, SubLinkType
 from pglast.stream import RawStream
 from pglast.visitors import Visitor
 
+from dsqlkit.local.protocol import Presentation
+
 
 @dataclass(frozen=True, slots=True)
 class DryRun:
@@ -50,6 +52,11 @@ class DryRun:
     sql: str
     tag: str | None
     keep_rows: bool
+
+    @property
+    def presentation(self) -> Presentation:
+        """How the relay shows its answer as the statement's."""
+        return Presentation(tag=self.tag, counted=self.tag is not None, keep_rows=self.keep_rows)
 
 
 class _Substitute(Visitor):

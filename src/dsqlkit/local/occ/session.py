@@ -41,7 +41,6 @@ from dsqlkit.local.protocol import (
     Expect,
     Message,
     Phase,
-    Presentation,
     Relay,
     Special,
 )
@@ -371,7 +370,7 @@ class SessionOcc:
                     return None
                 if converted is not None:
                     frame = wire.query(converted.sql)
-                    special = Special(present=_presentation(converted))
+                    special = Special(present=converted.presentation)
             elif mtype == wire.PARSE:
                 name, sql, oids = wire.parse_parse(frame)
                 ok, converted = _dry_text(sql)
@@ -417,11 +416,11 @@ class SessionOcc:
                                              b"S" + renamed[name].encode() + b"\0")
                 else:
                     found = by_portal.get(name)
-                special = Special(present=_presentation(found)) if found is not None else None
+                special = Special(present=found.presentation) if found is not None else None
             elif mtype == wire.EXECUTE:
                 portal, _ = wire.parse_execute(frame)
                 found = by_portal.get(portal)
-                special = Special(present=_presentation(found)) if found is not None else None
+                special = Special(present=found.presentation) if found is not None else None
             elif mtype not in (wire.SYNC, wire.FLUSH, wire.CLOSE):
                 return None
             msgs.append((mtype, frame))
@@ -463,10 +462,6 @@ def _commits(unit: list[Message]) -> bool:
         if any(s.tcl_action == "commit" for s in dialect.analyze(sql).statements):
             return True
     return False
-
-
-def _presentation(dry: DryRun) -> Presentation:
-    return Presentation(tag=dry.tag, counted=dry.tag is not None, keep_rows=dry.keep_rows)
 
 
 def _dry_text(sql: str) -> tuple[bool, DryRun | None]:
